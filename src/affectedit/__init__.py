@@ -1,0 +1,30 @@
+"""affectedit: edit facial expressions along continuous valence and arousal dials.
+
+Public API (imported lazily so that `import affectedit` stays fast):
+    affectedit.Editor          -- Editor.from_pretrained() / .from_checkpoint(path) / .edit(...)
+    affectedit.detect_faces    -- faces in a PIL image with box, landmarks and alignment transform
+    affectedit.metrics         -- rmse, ccc, sagr
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Editor": ("affectedit.editor", "Editor"),
+    "detect_faces": ("affectedit.faces", "detect_faces"),
+    "Config": ("affectedit.config", "Config"),
+    "get_config": ("affectedit.config", "get_config"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    if name in ("metrics",):
+        import importlib
+
+        return importlib.import_module(f"affectedit.{name}")
+    raise AttributeError(f"module 'affectedit' has no attribute {name!r}")

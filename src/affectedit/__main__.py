@@ -1,0 +1,5 @@
+import sys
+
+from affectedit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""Configuration: plain nested dataclasses with the paper's values as defaults.
+
+`PRESETS` holds named configurations: ``paper`` (96x96, CAAE widths, Lindt et al.),
+``cpu`` (the configuration our bundled model was trained with on a 2-core CPU) and
+``tiny`` (32x32, narrow, for tests). Overrides are strict: ``apply_overrides(cfg,
+["train.lr=1e-4"])`` raises on an unknown key, so a typo never silently adds one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 96                 # square input/output size, divisible by 16
+    z_dim: int = 50                      # latent size, prior U[-1, 1]^z_dim
+    label_repeat: int = 50               # each of valence/arousal repeated this often for G
+    encoder_channels: tuple[int, ...] = (64, 128, 256, 512)
+    generator_fc_channels: int = 1024    # FC -> (size/16)^2 x this
+    generator_channels: tuple[int, ...] = (512, 256, 128, 64, 32)  # 4 stride-2, then stride-1
+    d_img_channels: tuple[int, ...] = (16, 32, 64, 128)
+    d_img_fc: int = 1024
+    d_img_label_repeat: int = 16         # tiled label channels per dimension in D_img
+    d_img_label_every_block: bool = True # paper text: True; authors' public code: False (first block only)
+    d_z_channels: tuple[int, ...] = (64, 32, 16)
+    kernel_size: int = 5
+
+
+@dataclass
+class LossConfig:
+    rec: float = 1.0          # lambda for L_rec, eq. (1)
+    identity: float = 1.0 / 3 # lambda for L_iden, eq. (2)
+    z: float = 0.01           # lambda for L_z, eq. (3)
+    img: float = 0.01         # lambda for L_img, eq. (4)
+    identity_backbone: str = "dlib"   # "dlib" (bundled weights) or "vggface" (user-supplied file)
+    identity_weights: str = ""        # path for vggface
+    identity_images: int = 16         # the identity loss uses this many images of each batch
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 49
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    steps: int = 100_000
+    seed: int = 0
+    mixed_precision: str = "no"       # "no", "bf16" or "fp16" (passed to Accelerate)
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+    num_workers: int = 0
+    hflip: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        cfg = cls()
+        for section, values in d.items():
+            sub = getattr(cfg, section, None)
+            if sub is None or not dataclasses.is_dataclass(sub):
+                raise KeyError(f"unknown config section {section!r}")
+            for key, value in values.items():
+                _set_field(sub, section, key, value)
+        return cfg
+
+
+def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in names:
+        raise KeyError(f"unknown config key {section}.{key}; known: {', '.join(sorted(names))}")
+    current = getattr(obj, key)
+    if isinstance(current, tuple):
+        value = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+    elif isinstance(current, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{section}.{key} must be true or false, got {value!r}")
+            value = value.lower() in ("true", "1", "yes")
+        value = bool(value)
+    elif isinstance(current, (int, float)) and not isinstance(current, bool):
+        value = type(current)(float(value) if isinstance(current, float) else int(float(value)))
+    elif isinstance(current, str):
+        value = str(value)
+    setattr(obj, key, value)
+
+
+def paper() -> Config:
+    """The paper's configuration (96x96, CAAE widths)."""
+    return Config()
+
+
+def cpu() -> Config:
+    """The configuration of the bundled model: 96x96, narrower widths, bf16, trained on 2 CPU cores."""
+    cfg = Config()
+    cfg.model.encoder_channels = (32, 64, 128, 256)
+    cfg.model.generator_fc_channels = 256
+    cfg.model.generator_channels = (256, 128, 64, 32, 32)
+    cfg.train.mixed_precision = "bf16"
+    cfg.train.steps = 6000
+    return cfg
+
+
+def tiny() -> Config:
+    """A 32x32 narrow configuration for tests: a training step takes well under a second."""
+    cfg = Config()
+    cfg.model.image_size = 32
+    cfg.model.z_dim = 50
+    cfg.model.encoder_channels = (8, 16, 16, 32)
+    cfg.model.generator_fc_channels = 32
+    cfg.model.generator_channels = (32, 16, 16, 8, 8)
+    cfg.model.d_img_channels = (4, 8, 8, 16)
+    cfg.model.d_img_fc = 32
+    cfg.model.d_z_channels = (16, 8, 8)
+    cfg.train.batch_size = 8
+    cfg.loss.identity_images = 4
+    cfg.train.steps = 20
+    cfg.train.checkpoint_every = 5
+    cfg.train.sample_every = 10
+    cfg.train.log_every = 1
+    return cfg
+
+
+PRESETS = {"paper": paper, "cpu": cpu, "tiny": tiny}
+
+
+def get_config(name: str = "paper", overrides: list[str] | None = None) -> Config:
+    """Build a preset and apply ``section.key=value`` overrides (unknown keys are errors)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return apply_overrides(PRESETS[name](), overrides or [])
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        path, value = item.split("=", 1)
+        section, key = path.split(".", 1)
+        sub = getattr(cfg, section, None)
+        if sub is None or not dataclasses.is_dataclass(sub):
+            raise KeyError(f"unknown config section {section!r} in {item!r}; known: model, loss, train")
+        _set_field(sub, section, key, value)
+    return cfg

@@ -1,0 +1,42 @@
+"""Crash-safe file writing: write to a temporary file beside the target, then rename over it."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+from affectedit.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = True):
+    """Yield a temporary path in the target's folder; on success rename it to ``path``.
+
+    If the body raises, the temporary file is removed and ``path`` is untouched. With
+    ``force=False`` an existing ``path`` is an error (nothing the user made is overwritten).
+    """
+    path = Path(path)
+    if not force and path.exists():
+        raise UserError(f"{path} already exists; pass --force to overwrite it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        raise UserError(f"output folder {folder} does not exist; create it first")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=folder)
+    except PermissionError:
+        raise UserError(f"cannot write to {folder}: permission denied; choose another output path") from None
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if e.errno == 28:  # ENOSPC
+            raise UserError(f"disk full while writing {path}; free some space and retry (the old file is untouched)") from None
+        raise
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
