@@ -1,0 +1,432 @@
+"""The aligned-face cache: `prepare` writes it once, `FaceCache` / `batches` read it for training.
+
+A cache is one folder:
+
+| file        | content                                                                          |
+|-------------|----------------------------------------------------------------------------------|
+| images.npy  | N x S x S x 3 uint8 aligned RGB faces (dlib face-chip geometry, padding 0.25), memory-mapped on read |
+| labels.npy  | N x 2 float32 (valence, arousal) in [-1, 1] (NaN for CelebA, which has no V/A labels) |
+| meta.json   | size, count, sources (relative image paths, in order), emotions, identities, splits, the preparing config, skipped files with reasons |
+
+``meta.json`` is written last: a folder without it is not a (finished) cache. While ``prepare`` runs,
+its work lives in ``<cache>/.partial/`` (a preallocated memmap of all candidates plus
+``state.json``, committed every ``chunk`` images), so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from affectedit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["prepare", "FaceCache", "batches", "normalize", "denormalize", "CACHE_VERSION"]
+
+CACHE_VERSION = 1
+PARTIAL = ".partial"
+
+# dlib 68-point (iBUG) indices of the 5 points of dlib's 5-point model, in its order
+# (image-right eye outer, inner; image-left eye outer, inner; nose bottom).
+_IBUG68_TO_DLIB5 = [45, 42, 36, 39, 33]
+
+
+# --------------------------------------------------------------------------------------------- normalisation
+
+def normalize(image) -> torch.Tensor:
+    """uint8 image(s) H x W x 3 or N x H x W x 3 (numpy array or PIL image) -> float32 tensor
+    3 x H x W or N x 3 x H x W in [-1, 1] (x / 127.5 - 1)."""
+    a = np.asarray(image)
+    if a.dtype != np.uint8:
+        raise ValueError(f"normalize expects uint8 images, got {a.dtype}")
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:  # e.g. a row of the read-only memmap; torch wants writable memory
+        a = a.copy()
+    t = torch.from_numpy(a)
+    t = t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    return t.float().div_(127.5).sub_(1.0).contiguous()
+
+
+def denormalize(tensor: torch.Tensor) -> np.ndarray:
+    """float tensor 3 x H x W or N x 3 x H x W in [-1, 1] -> uint8 numpy H x W x 3 / N x H x W x 3
+    (values outside [-1, 1] are clipped; rounded to nearest)."""
+    t = tensor.detach().to("cpu", torch.float32)
+    t = ((t + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    t = t.permute(1, 2, 0) if t.ndim == 3 else t.permute(0, 2, 3, 1)
+    return t.contiguous().numpy()
+
+
+# --------------------------------------------------------------------------------------------- alignment worker
+
+def _face_from_landmarks(faces, lm: np.ndarray, box):
+    """A faces.Face from data-set landmarks (68 iBUG points, or CelebA's 5: eye centres, nose,
+    mouth corners)."""
+    if len(lm) == 68:
+        return faces.Face.from_landmarks(lm[_IBUG68_TO_DLIB5], box=box)
+    if len(lm) == 5:
+        # CelebA's eye centres -> the template's eye centres (midpoints of the eye corners); a
+        # similarity transform is fixed by two points. Nose and mouth are not in dlib's template.
+        t = faces.TEMPLATE
+        dst = np.array([(t[2] + t[3]) / 2, (t[0] + t[1]) / 2])  # image-left eye, image-right eye
+        m = faces.similarity_transform(lm[:2], dst)
+        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+        lm5 = t @ inv[:, :2].T + inv[:, 2]
+        if box is None:
+            box = (float(lm[:, 0].min()), float(lm[:, 1].min()), float(lm[:, 0].max()), float(lm[:, 1].max()))
+        return faces.Face(tuple(float(v) for v in box), lm5, m, 0.0)
+    return None
+
+
+def _pick(found, image_size, box=None, prefer_center=False):
+    if box is not None:  # the face overlapping the given box most
+        def overlap(f):
+            x0, y0 = max(f.box[0], box[0]), max(f.box[1], box[1])
+            x1, y1 = min(f.box[2], box[2]), min(f.box[3], box[3])
+            return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+        best = max(found, key=overlap)
+        return best if overlap(best) > 0 else None
+    if prefer_center and len(found) > 1:
+        # LFW convention: the person of interest is centred; among faces at least half as big as
+        # the largest, take the one nearest the centre.
+        area = lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])  # noqa: E731
+        big = [f for f in found if area(f) >= 0.5 * area(found[0])]
+        cx, cy = image_size[0] / 2, image_size[1] / 2
+        return min(big, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
+    return found[0]
+
+
+def _init_worker():
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
+def align_sample(task):
+    """(path, box, landmarks, size, prefer_center) -> (uint8 S x S x 3 or None, skip reason)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from affectedit import faces
+
+    path, box, lm, size, prefer_center = task
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        return None, "missing file"
+    except UnidentifiedImageError:
+        return None, "not an image"
+    except (OSError, ValueError, SyntaxError) as e:
+        return None, f"unreadable or truncated image ({e})"
+    except Exception as e:  # noqa: BLE001 - never kill the run for one file
+        return None, f"unreadable image ({type(e).__name__}: {e})"
+    try:
+        face = None
+        if lm is not None:
+            face = _face_from_landmarks(faces, np.asarray(lm, dtype=np.float64), box)
+        if face is None:
+            found = faces.detect_faces(rgb)
+            if not found:
+                return None, "no face found"
+            face = _pick(found, rgb.size, box, prefer_center)
+            if face is None:
+                return None, "no face found in the given box"
+        return np.asarray(faces.align_face(rgb, face, size), dtype=np.uint8), None
+    except Exception as e:  # noqa: BLE001
+        return None, f"alignment failed ({type(e).__name__}: {e})"
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(" (", 1)[0]
+
+
+# --------------------------------------------------------------------------------------------- prepare
+
+def _write_json(path: Path, obj) -> None:
+    from affectedit.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
+def _file_id(path) -> str | None:
+    if path is None:
+        return None
+    p = Path(path)
+    return hashlib.sha1(p.read_bytes()).hexdigest()[:16] if p.is_file() else None
+
+
+def prepare(
+    data,
+    fmt: str,
+    output,
+    labels=None,
+    split: str = "all",
+    size: int = 96,
+    workers: int = 1,
+    limit: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    chunk: int = 256,
+) -> dict:
+    """Detect/align every face of a data set and write the cache folder ``output``.
+
+    Resumes an unfinished run with the same configuration; a finished cache with the same
+    configuration is left as is. Unreadable, missing, non-image and face-less files are skipped,
+    logged and listed in meta.json. Returns a summary dict (count, skipped, skip_reasons, ...)."""
+    from tqdm import tqdm
+
+    from affectedit.data.readers import read_dataset
+
+    data, output = Path(data), Path(output)
+    reader = read_dataset(fmt, data, labels, split)
+    samples = list(reader)
+    label_skips = dict(getattr(reader, "skipped", {}) or {})
+    if limit is not None:
+        samples = samples[:limit]
+    if not samples:
+        raise UserError(f"no images found in {data} for format {fmt!r} and split {split!r}")
+    names = [_relname(s.path, data) for s in samples]
+    config = {
+        "version": CACHE_VERSION,
+        "data": str(data.resolve()),
+        "format": fmt,
+        "labels": str(Path(labels).resolve()) if labels else None,
+        "labels_sha1": _file_id(labels),
+        "split": split,
+        "size": int(size),
+        "limit": limit,
+        "candidates": len(samples),
+        "sources_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
+        "alignment": "affectedit.faces dlib face chip, padding 0.25",
+    }
+
+    output.mkdir(parents=True, exist_ok=True)
+    meta_path, partial = output / "meta.json", output / PARTIAL
+    if force:
+        for f in ("meta.json", "images.npy", "labels.npy"):
+            with contextlib.suppress(FileNotFoundError):
+                (output / f).unlink()
+        shutil.rmtree(partial, ignore_errors=True)
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("config") == config:
+            log.info("%s is already a finished cache of this data (%d faces); nothing to do", output, meta["count"])
+            return _summary(meta, label_skips)
+        raise UserError(f"{output} holds a cache made with other settings; pass --force to replace it or choose another -o")
+
+    n = len(samples)
+    state_path, work_path = partial / "state.json", partial / "images.npy"
+    state = None
+    if state_path.is_file() and work_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config") != config:
+            raise UserError(f"{output} holds an unfinished run with other settings; pass --force to discard it or choose another -o")
+        work = np.load(work_path, mmap_mode="r+")
+        log.info("resuming %s at %d of %d", output, state["done"], n)
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        work = np.lib.format.open_memmap(work_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        state = {"config": config, "done": 0, "skipped": {}}
+        _write_json(state_path, state)
+
+    skipped: dict = state["skipped"]  # str(index) -> reason
+    done = int(state["done"])
+    prefer_center = fmt in ("lfw", "london")
+    tasks = ((str(s.path), s.box, s.landmarks, size, prefer_center) for s in samples[done:])
+
+    def commit(k):
+        work.flush()
+        state["done"] = k
+        _write_json(state_path, state)
+
+    bar = tqdm(total=n, initial=done, desc=f"prepare {output.name}", unit="img", disable=not progress)
+    pool = None
+    try:
+        if workers > 1 and n - done > 1:
+            import multiprocessing as mp
+
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+            results = pool.imap(align_sample, tasks, chunksize=8)
+        else:
+            results = map(align_sample, tasks)
+        i = done
+        for img, reason in results:
+            if img is None:
+                skipped[str(i)] = reason
+                log.warning("skipped %s: %s", names[i], reason)
+            else:
+                work[i] = img
+            i += 1
+            bar.update(1)
+            if (i - done) % chunk == 0:
+                commit(i)
+        commit(i)
+    except BaseException:
+        # keep what finished (state never claims more than what is flushed)
+        with contextlib.suppress(Exception):
+            commit(locals().get("i", done))
+        raise
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    # Compact the kept faces into the final files; meta.json last.
+    from affectedit.io import atomic_path
+
+    keep = np.array([i for i in range(n) if str(i) not in skipped], dtype=np.int64)
+    if len(keep) == 0:
+        raise UserError(f"none of the {n} images of {data} gave a face; see the log for reasons")
+    with atomic_path(output / "images.npy") as tmp:
+        final = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+        for a in range(0, len(keep), 1024):
+            final[a : a + 1024] = work[keep[a : a + 1024]]
+        final.flush()
+        del final
+    lab = np.array([[samples[i].valence, samples[i].arousal] for i in keep], dtype=np.float32).reshape(-1, 2)
+    with atomic_path(output / "labels.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, lab)
+    skip_list = [{"source": names[int(k)], "reason": r} for k, r in sorted(skipped.items(), key=lambda kv: int(kv[0]))]
+    meta = {
+        "version": CACHE_VERSION,
+        "size": int(size),
+        "count": int(len(keep)),
+        "sources": [names[i] for i in keep],
+        "emotions": [samples[i].emotion for i in keep],
+        "identities": [samples[i].identity for i in keep],
+        "splits": [samples[i].split for i in keep],
+        "split": split,
+        "config": config,
+        "skipped": skip_list,
+        "skip_reasons": dict(Counter(_reason_kind(s["reason"]) for s in skip_list)),
+        "label_skips": label_skips,
+    }
+    _write_json(meta_path, meta)
+    del work
+    shutil.rmtree(partial, ignore_errors=True)
+    s = _summary(meta, label_skips)
+    log.info("prepared %s: %d faces, %d skipped%s", output, s["count"], s["skipped"],
+             "".join(f"; {k}: {v}" for k, v in s["skip_reasons"].items()))
+    return s
+
+
+def _relname(path: Path, root: Path) -> str:
+    for base in (root / "images", root):
+        with contextlib.suppress(ValueError):
+            return path.relative_to(base).as_posix()
+    return str(path)
+
+
+def _summary(meta: dict, label_skips: dict) -> dict:
+    return {
+        "count": meta["count"],
+        "skipped": len(meta["skipped"]),
+        "skip_reasons": meta.get("skip_reasons", {}),
+        "label_skips": label_skips or meta.get("label_skips", {}),
+        "size": meta["size"],
+    }
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+class FaceCache(torch.utils.data.Dataset):
+    """A finished cache folder. ``cache[i]`` -> (image float32 3 x S x S in [-1, 1], label float32
+    [valence, arousal]). ``images`` is the read-only uint8 memmap N x S x S x 3, ``labels`` N x 2."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            hint = " (an unfinished prepare run is there; rerun the same `affectedit prepare` command to finish it)" \
+                if (self.path / PARTIAL).is_dir() else " (make one with `affectedit prepare`)"
+            raise UserError(f"{self.path} is not a finished face cache: meta.json missing{hint}")
+        self.meta = json.loads(meta_path.read_text())
+        self.images = np.load(self.path / "images.npy", mmap_mode="r")
+        self.labels = np.load(self.path / "labels.npy").astype(np.float32, copy=False)
+        if len(self.images) != self.meta["count"] or len(self.labels) != self.meta["count"]:
+            raise UserError(f"{self.path} is inconsistent (images/labels/meta counts differ); prepare it again with --force")
+        self.size = int(self.meta["size"])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return normalize(self.images[i]), torch.from_numpy(self.labels[i].copy())
+
+    @property
+    def sources(self) -> list[str]:
+        return self.meta["sources"]
+
+    @property
+    def emotions(self) -> list:
+        return self.meta["emotions"]
+
+    @property
+    def identities(self) -> list:
+        return self.meta["identities"]
+
+
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    per = n // world
+    return perm[: per * world].reshape(per, world)[:, rank]
+
+
+def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tuple[int, int] = (0, 1),
+            start_step: int = 0):
+    """Infinite iterator of (images float32 N x 3 x S x S in [-1, 1], labels float32 N x 2).
+
+    Epoch e visits a permutation seeded by (seed, e), split between ``shard = (rank, world_size)``
+    by interleaving (every rank gets the same number of images; the remainder of the epoch and any
+    last incomplete batch are dropped). Batch k is a deterministic function of (seed, k, rank):
+    ``start_step=k`` resumes at batch k without reading the skipped images. Horizontal flips are
+    per sample, probability 0.5, seeded by (seed, step, rank)."""
+    if not isinstance(cache, FaceCache):
+        cache = FaceCache(cache)
+    rank, world = shard
+    if not (world >= 1 and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    per = len(cache) // world
+    per_epoch = per // batch_size
+    if batch_size < 1 or per_epoch == 0:
+        raise UserError(f"batch size {batch_size} is larger than the {per} images available to each of {world} "
+                        f"process(es) in {cache.path}; use a smaller batch or a bigger cache")
+    images, labels = cache.images, cache.labels
+    step = int(start_step)
+    epoch, order = None, None
+    while True:
+        e, b = divmod(step, per_epoch)
+        if e != epoch:
+            epoch, order = e, _epoch_order(len(cache), seed, e, rank, world)
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        srt = np.argsort(idx, kind="stable")
+        block = np.empty((batch_size,) + images.shape[1:], dtype=np.uint8)
+        block[srt] = images[idx[srt]]  # sorted reads from the memmap, back in permutation order
+        if hflip:
+            flip = np.random.default_rng([seed, step, rank, 7]).random(batch_size) < 0.5
+            block[flip] = block[flip, :, ::-1]
+        x = torch.from_numpy(block).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+        y = torch.from_numpy(labels[idx])
+        yield x, y
+        step += 1
+
+
+def steps_per_epoch(cache, batch_size: int, world_size: int = 1) -> int:
+    """Batches per epoch for each rank (as :func:`batches` counts them)."""
+    n = len(cache) if not isinstance(cache, (str, os.PathLike)) else FaceCache(cache).__len__()
+    return (n // world_size) // batch_size
+

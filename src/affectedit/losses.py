@@ -1,0 +1,67 @@
+"""The paper's losses as small pure functions.
+
+| code name            | paper symbol | equation | what it is                                             |
+|----------------------|--------------|----------|--------------------------------------------------------|
+| reconstruction_loss  | L_rec        | (1)      | L1(x, G(E(x), y))                                      |
+| identity_loss        | L_iden       | (2)      | sum_l L1(phi_l(x), phi_l(G(E(x), y)))                  |
+| d_z_loss / e_z_loss  | L_z          | (3)      | GAN loss between D_z and E, prior U[-1, 1]^z           |
+| d_img_loss / g_img_loss | L_img     | (4)      | GAN loss between D_img and G on (image, label) pairs   |
+| total (in train.py)  | L_total      | (5)      | rec + 1/3 iden + 0.01 z + 0.01 img (LossConfig)        |
+
+Every function returns a per-sample loss vector (N,) rather than a batch mean. The training loop
+sums it and divides by the GLOBAL batch size, which makes a data-parallel run (uneven shards
+included) compute exactly the gradient of one process with the same global batch. The
+discriminators output logits; binary_cross_entropy_with_logits is log(sigmoid) in stable form.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).mean(1)
+
+
+def reconstruction_loss(x: torch.Tensor, x_gen: torch.Tensor) -> torch.Tensor:
+    """L_rec per sample: mean |x - x_gen| over pixels. x, x_gen: N x 3 x S x S in [-1, 1]."""
+    return _per_sample_mean((x.float() - x_gen.float()).abs())
+
+
+def identity_loss(features_real: list[torch.Tensor], features_gen: list[torch.Tensor]) -> torch.Tensor:
+    """L_iden per sample: sum over layers of the mean |phi_l(x) - phi_l(x_gen)| (each layer's mean
+    normalises by its size, as the authors' code divides by the spatial size)."""
+    total = 0
+    for a, b in zip(features_real, features_gen, strict=True):
+        total = total + _per_sample_mean((a.float() - b.float()).abs())
+    return total
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    logits = logits.float()
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
+
+
+def d_z_loss(logit_prior: torch.Tensor, logit_encoded: torch.Tensor) -> torch.Tensor:
+    """D_z's side of L_z per sample: -log D_z(z*) - log(1 - D_z(E(x))), z* ~ U[-1, 1]^z."""
+    return _bce(logit_prior, 1.0) + _bce(logit_encoded, 0.0)
+
+
+def e_z_loss(logit_encoded: torch.Tensor) -> torch.Tensor:
+    """E's side of L_z per sample (non-saturating): -log D_z(E(x))."""
+    return _bce(logit_encoded, 1.0)
+
+
+def d_img_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    """D_img's side of L_img per sample: -log D_img(x, y) - log(1 - D_img(G(E(x), y), y))."""
+    return _bce(logit_real, 1.0) + _bce(logit_fake, 0.0)
+
+
+def g_img_loss(logit_fake: torch.Tensor) -> torch.Tensor:
+    """G's side of L_img per sample (non-saturating): -log D_img(G(E(x), y), y)."""
+    return _bce(logit_fake, 1.0)
+
+
+def sample_prior(n: int, z_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n samples of the uniform prior U[-1, 1]^z_dim."""
+    return torch.rand(n, z_dim, generator=generator) * 2 - 1

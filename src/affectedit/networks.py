@@ -1,0 +1,191 @@
+"""The four networks of Lindt et al. (FG 2019), built from a `ModelConfig`.
+
+    encoder   E      x (N x 3 x S x S, [-1, 1])          -> z (N x z_dim, [-1, 1], tanh)
+    generator G      z, y (N x 2 valence/arousal, [-1,1]) -> x_gen (N x 3 x S x S, [-1, 1], tanh)
+    d_z       D_z    z                                    -> logit that z came from U[-1, 1]^z_dim
+    d_img     D_img  x, y                                 -> logit that (x, y) is a real pair
+
+The discriminators return LOGITS; `torch.sigmoid(logit)` is the paper's probability. Keeping the
+sigmoid inside the loss (binary_cross_entropy_with_logits) is the numerically stable form of the
+same objective and is what autocast allows in bf16/fp16.
+
+Batch norm in the discriminators is `SyncBatchNorm1d/2d` below: plain batch norm in one process,
+and statistics over the GLOBAL batch when torch.distributed runs with several processes (on
+CPU/gloo too, where torch's own SyncBatchNorm is unavailable), so that a data-parallel run
+computes the same function as one process with the same global batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from affectedit.config import ModelConfig
+
+
+class _SyncBatchNormMixin:
+    """Batch norm whose batch statistics are all-reduced (differentiably) across processes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)  # type: ignore[misc]
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        count = torch.tensor([float(xf.numel() // xf.shape[1])], device=x.device)
+        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
+        stats = all_reduce(stats)  # sums over processes, with gradient
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach() * m)
+            self.running_var.mul_(1 - m).add_(var.detach() * m * n / max(n.item() - 1, 1))
+            self.num_batches_tracked.add_(1)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+class SyncBatchNorm1d(_SyncBatchNormMixin, nn.BatchNorm1d):
+    pass
+
+
+class SyncBatchNorm2d(_SyncBatchNormMixin, nn.BatchNorm2d):
+    pass
+
+
+def tile_label(y: torch.Tensor, repeat: int) -> torch.Tensor:
+    """(N, 2) labels -> (N, 2*repeat): valence repeated `repeat` times, then arousal (the paper's y x 50)."""
+    return y.repeat_interleave(repeat, dim=1)
+
+
+def tile_label_map(y: torch.Tensor, repeat: int, height: int, width: int) -> torch.Tensor:
+    """(N, 2) labels -> (N, 2*repeat, H, W): the tiled label as constant feature maps."""
+    return tile_label(y, repeat)[:, :, None, None].expand(-1, -1, height, width)
+
+
+def _pad(kernel: int) -> int:
+    return kernel // 2
+
+
+class Encoder(nn.Module):
+    """E: 4 conv (kernel 5, stride 2, 'same' padding, ReLU) + FC to z_dim with tanh."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in cfg.encoder_channels:
+            layers += [nn.Conv2d(c_in, c, cfg.kernel_size, 2, _pad(cfg.kernel_size)), nn.ReLU(inplace=True)]
+            c_in = c
+        self.convs = nn.Sequential(*layers)
+        side = cfg.image_size // 2 ** len(cfg.encoder_channels)
+        self.fc = nn.Linear(c_in * side * side, cfg.z_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: N x 3 x S x S in [-1, 1] -> z: N x z_dim in [-1, 1]."""
+        return torch.tanh(self.fc(self.convs(x).flatten(1)))
+
+
+class Generator(nn.Module):
+    """G: FC to (S/16)^2 x C, ReLU; 6 transposed conv (kernel 5; 4 stride 2, 2 stride 1), tanh output."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if len(cfg.generator_channels) != 5:
+            raise ValueError("generator_channels needs 5 widths: 4 stride-2 layers and one stride-1 layer before RGB")
+        self.label_repeat = cfg.label_repeat
+        self.side = cfg.image_size // 16
+        self.fc_channels = cfg.generator_fc_channels
+        self.fc = nn.Linear(cfg.z_dim + 2 * cfg.label_repeat, self.side * self.side * self.fc_channels)
+        k, p = cfg.kernel_size, _pad(cfg.kernel_size)
+        layers, c_in = [], self.fc_channels
+        for i, c in enumerate(cfg.generator_channels):
+            stride = 2 if i < 4 else 1
+            layers += [nn.ConvTranspose2d(c_in, c, k, stride, p, output_padding=stride - 1), nn.ReLU(inplace=True)]
+            c_in = c
+        layers += [nn.ConvTranspose2d(c_in, 3, k, 1, p)]
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """z: N x z_dim in [-1, 1]; y: N x 2 (valence, arousal) in [-1, 1] -> N x 3 x S x S in [-1, 1]."""
+        h = self.fc(torch.cat([z, tile_label(y, self.label_repeat).to(z.dtype)], dim=1))
+        h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
+        return torch.tanh(self.deconvs(h))
+
+
+class LatentDiscriminator(nn.Module):
+    """D_z: FC 64-32-16 with batch norm and ReLU, then FC 1 (logit; sigmoid gives the probability)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers, c_in = [], cfg.z_dim
+        for c in cfg.d_z_channels:
+            layers += [nn.Linear(c_in, c), SyncBatchNorm1d(c), nn.ReLU(inplace=True)]
+            c_in = c
+        layers += [nn.Linear(c_in, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: N x z_dim -> N logits."""
+        return self.net(z).squeeze(1)
+
+
+class ImageDiscriminator(nn.Module):
+    """D_img: 4 x (conv k5 s2, batch norm, ReLU) with the tiled label concatenated to the output of
+    every block (paper) or of the first block only (authors' public code), then FC 1024 (leaky ReLU
+    0.2) and FC 1 (logit)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.repeat = cfg.d_img_label_repeat
+        self.every_block = cfg.d_img_label_every_block
+        label_ch = 2 * self.repeat
+        k, p = cfg.kernel_size, _pad(cfg.kernel_size)
+        self.blocks = nn.ModuleList()
+        c_in = 3
+        for i, c in enumerate(cfg.d_img_channels):
+            self.blocks.append(nn.Sequential(nn.Conv2d(c_in, c, k, 2, p), SyncBatchNorm2d(c), nn.ReLU(inplace=True)))
+            c_in = c + (label_ch if (self.every_block or i == 0) else 0)
+        side = cfg.image_size // 2 ** len(cfg.d_img_channels)
+        self.fc = nn.Sequential(nn.Linear(c_in * side * side, cfg.d_img_fc), nn.LeakyReLU(0.2, inplace=True), nn.Linear(cfg.d_img_fc, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, return_block_inputs: bool = False):
+        """x: N x 3 x S x S in [-1, 1]; y: N x 2 -> N logits (and, if asked, the input of each layer after block 1)."""
+        h, inputs = x, []
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if self.every_block or i == 0:
+                h = torch.cat([h, tile_label_map(y.to(h.dtype), self.repeat, h.shape[2], h.shape[3])], dim=1)
+            inputs.append(h)
+        logit = self.fc(h.flatten(1)).squeeze(1)
+        return (logit, inputs) if return_block_inputs else logit
+
+
+def init_weights(module: nn.Module) -> None:
+    """The paper's initialisation: weights N(0, 0.02), biases 0 (batch-norm scales stay 1)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
+    """All four networks, initialised: keys encoder, generator, d_z, d_img."""
+    if cfg.image_size % 16:
+        raise ValueError(f"model.image_size must be divisible by 16, got {cfg.image_size}")
+    models = {
+        "encoder": Encoder(cfg),
+        "generator": Generator(cfg),
+        "d_z": LatentDiscriminator(cfg),
+        "d_img": ImageDiscriminator(cfg),
+    }
+    for m in models.values():
+        init_weights(m)
+    return models

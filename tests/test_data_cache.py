@@ -1,0 +1,196 @@
+"""prepare (real LFW faces + bad files), resume, FaceCache and the batch iterator."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from affectedit.data import cache as cache_mod
+from affectedit.data.cache import FaceCache, batches, denormalize, normalize, prepare
+from affectedit.errors import UserError
+
+LFW = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw-expressions"
+needs_lfw = pytest.mark.skipif(not (LFW / "labels.csv").is_file(), reason="shared lfw-expressions data not found")
+
+
+def _lfw_subset(tmp_path, n=12):
+    """A small lfw-expressions tree: n real images, a truncated JPEG, a non-image, a face-less
+    image and a row whose file is missing."""
+    root = tmp_path / "lfw"
+    with open(LFW / "labels.csv") as f:
+        rows = list(csv.DictReader(f))
+    rows = [r for r in rows if r["split"] == "train"][:n]
+    for r in rows:
+        dst = root / "images" / r["image"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LFW / "images" / r["image"], dst)
+    bad = root / "images" / "Bad"
+    bad.mkdir(parents=True)
+    data = (LFW / "images" / rows[0]["image"]).read_bytes()
+    (bad / "Bad_0001.jpg").write_bytes(data[: len(data) // 3])       # truncated JPEG
+    (bad / "Bad_0002.jpg").write_text("this is not an image\n")       # not an image
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(np.full((250, 250, 3), 128, np.uint8) + rng.integers(0, 8, (250, 250, 3), dtype=np.uint8)).save(
+        bad / "Bad_0003.jpg")                                         # an image without a face
+    extra = [("Bad/Bad_0001.jpg", "neutral"), ("Bad/Bad_0002.jpg", "neutral"), ("Bad/Bad_0003.jpg", "happiness"),
+             ("Bad/Bad_0004.jpg", "neutral")]                         # last one: missing file
+    rows = rows[:5] + [{"image": i, "identity": "Bad", "emotion": e, "split": "train"} for i, e in extra] + rows[5:]
+    with open(root / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", "identity", "emotion", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    va = tmp_path / "va.csv"
+    with open(va, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "emotion", "split", "valence", "arousal"])
+        for i, r in enumerate(rows):
+            w.writerow([r["image"], r["emotion"], "train", round(-0.5 + i / 20, 3), 0.25])
+    return root, va, len(rows)
+
+
+@needs_lfw
+def test_prepare_real_faces_skips_bad_files_and_resumes(tmp_path, monkeypatch):
+    root, va, n = _lfw_subset(tmp_path)
+    out = tmp_path / "cache"
+    s = prepare(root, "lfw", out, labels=va, split="train", size=32, workers=1, progress=False, chunk=4)
+    reasons = {d["source"]: d["reason"] for d in json.loads((out / "meta.json").read_text())["skipped"]}
+    assert reasons["Bad/Bad_0001.jpg"].startswith("unreadable or truncated image")
+    assert reasons["Bad/Bad_0002.jpg"] == "not an image"
+    assert reasons["Bad/Bad_0003.jpg"] == "no face found"
+    assert reasons["Bad/Bad_0004.jpg"] == "missing file"
+    assert s["skipped"] == len(reasons) >= 4 and s["count"] == n - s["skipped"] >= 11
+    assert not (out / ".partial").exists()
+
+    c = FaceCache(out)
+    assert len(c) == s["count"] and c.images.shape[1:] == (32, 32, 3) and c.images.dtype == np.uint8
+    assert c.images.std() > 20  # real image content
+    # labels follow the sources in order
+    va_map = {r["image"]: (float(r["valence"]), float(r["arousal"])) for r in csv.DictReader(open(va))}
+    assert np.allclose(c.labels, [va_map[x] for x in c.sources])
+    x, y = c[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and -1 <= x.min() and x.max() <= 1
+    assert y.shape == (2,)
+    meta = c.meta
+    assert meta["count"] == len(meta["sources"]) == len(meta["emotions"]) == len(meta["identities"])
+    assert meta["config"]["split"] == "train" and meta["skip_reasons"]["no face found"] >= 1
+
+    # A finished cache with the same settings is left alone; other settings need --force.
+    assert prepare(root, "lfw", out, labels=va, split="train", size=32, progress=False)["count"] == s["count"]
+    with pytest.raises(UserError, match="other settings"):
+        prepare(root, "lfw", out, labels=va, split="train", size=40, progress=False)
+
+    # Interrupt a fresh run after 7 images, then resume: only the rest is processed and the
+    # result equals the uninterrupted one.
+    out2 = tmp_path / "cache2"
+    real = cache_mod.align_sample
+    calls = []
+
+    def flaky(task):
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        calls.append(task[0])
+        return real(task)
+
+    monkeypatch.setattr(cache_mod, "align_sample", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(root, "lfw", out2, labels=va, split="train", size=32, workers=1, progress=False, chunk=3)
+    assert not (out2 / "meta.json").exists()
+    state = json.loads((out2 / ".partial" / "state.json").read_text())
+    assert state["done"] == 7
+    with pytest.raises(UserError, match="unfinished"):
+        FaceCache(out2)
+    monkeypatch.setattr(cache_mod, "align_sample", real)
+    resumed = []
+    monkeypatch.setattr(cache_mod, "align_sample", lambda t: (resumed.append(t[0]), real(t))[1])
+    s2 = prepare(root, "lfw", out2, labels=va, split="train", size=32, workers=1, progress=False)
+    assert len(resumed) == n - 7
+    assert s2["count"] == s["count"] and s2["skipped"] == s["skipped"]
+    assert np.array_equal(np.load(out2 / "images.npy"), np.load(out / "images.npy"))
+
+
+@needs_lfw
+def test_prepare_cli_with_workers(tmp_path):
+    from affectedit.cli import main
+
+    root, va, n = _lfw_subset(tmp_path, n=4)
+    out = tmp_path / "c"
+    rc = main(["prepare", "--data", str(root), "--format", "lfw", "--labels", str(va), "--size", "24",
+               "--workers", "2", "--no-progress", "-o", str(out)])
+    assert rc == 0
+    assert len(FaceCache(out)) == 4
+    assert main(["prepare", "--data", str(tmp_path / "missing"), "--format", "lfw", "-o", str(out)]) == 2
+
+
+def _fake_cache(path, n=50, size=8, seed=0):
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    np.save(path / "images.npy", images)
+    labels = np.stack([np.linspace(-1, 1, n), np.arange(n) / n], 1).astype(np.float32)
+    np.save(path / "labels.npy", labels)
+    (path / "meta.json").write_text(json.dumps({"size": size, "count": n, "sources": [f"{i}.jpg" for i in range(n)],
+                                                "emotions": [None] * n, "identities": [None] * n}))
+    return images, labels
+
+
+def test_normalize_roundtrip():
+    a = np.random.default_rng(1).integers(0, 256, (2, 5, 6, 3), dtype=np.uint8)
+    t = normalize(a)
+    assert t.shape == (2, 3, 5, 6) and t.min() >= -1 and t.max() <= 1
+    assert normalize(a[0]).shape == (3, 5, 6)
+    assert np.array_equal(denormalize(t), a) and np.array_equal(denormalize(t[1]), a[1])
+    assert float(normalize(np.array([[[0, 255, 0]]], np.uint8))[1, 0, 0]) == 1.0
+    assert denormalize(torch.full((3, 1, 1), 5.0)).max() == 255
+
+
+def test_batches_deterministic_resumable_and_flipped(tmp_path):
+    images, labels = _fake_cache(tmp_path / "c")
+    c = FaceCache(tmp_path / "c")
+    it = batches(c, 7, seed=3)
+    first = [next(it) for _ in range(16)]  # crosses epochs (7 batches per epoch)
+    again = batches(c, 7, seed=3)
+    for a, b in zip(first, (next(again) for _ in range(16))):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    resumed = next(batches(c, 7, seed=3, start_step=11))
+    assert torch.equal(resumed[0], first[11][0]) and torch.equal(resumed[1], first[11][1])
+    other = next(batches(c, 7, seed=4))
+    assert not torch.equal(other[1], first[0][1])
+
+    # Every image is the cached one, flipped or not; about half are flipped; labels match.
+    plain = normalize(images)
+    lab = torch.from_numpy(labels)
+    flips = 0
+    for x, y in first[:7]:  # one epoch: each image at most once
+        assert x.shape == (7, 3, 8, 8) and y.shape == (7, 2)
+        for xi, yi in zip(x, y):
+            k = int(torch.nonzero((lab == yi).all(1))[0])
+            if torch.equal(xi, plain[k]):
+                continue
+            assert torch.equal(xi, plain[k].flip(-1))
+            flips += 1
+    assert 10 <= flips <= 39
+    seen = torch.cat([y for _, y in first[:7]])
+    assert len({tuple(v.tolist()) for v in seen}) == 49  # no repeats within an epoch
+    x, _ = next(batches(c, 7, seed=3, hflip=False))
+    assert torch.equal(x[0], plain[int(torch.nonzero((lab == first[0][1][0]).all(1))[0])])
+
+
+def test_batches_shards_are_disjoint(tmp_path):
+    _fake_cache(tmp_path / "c", n=40)
+    c = FaceCache(tmp_path / "c")
+    per_rank = []
+    for rank in range(2):
+        it = batches(c, 5, seed=0, hflip=False, shard=(rank, 2))
+        per_rank.append({tuple(v.tolist()) for _ in range(4) for v in next(it)[1]})
+    assert len(per_rank[0]) == len(per_rank[1]) == 20 and not per_rank[0] & per_rank[1]
+    with pytest.raises(UserError, match="larger than"):
+        next(batches(c, 41, seed=0))
+    with pytest.raises(UserError, match="not a finished face cache"):
+        FaceCache(tmp_path)

@@ -1,0 +1,81 @@
+"""Shapes, ranges, label conditioning and initialisation of the four networks (both configs)."""
+import pytest
+import torch
+
+from affectedit.config import get_config
+from affectedit.networks import build_models, tile_label
+
+
+@pytest.fixture(params=["paper", "tiny"])
+def cfg(request):
+    return get_config(request.param).model
+
+
+def test_shapes_and_ranges(cfg):
+    torch.manual_seed(0)
+    m = build_models(cfg)
+    for net in m.values():
+        net.eval()
+    s = cfg.image_size
+    x = torch.rand(3, 3, s, s) * 2 - 1
+    y = torch.rand(3, 2) * 2 - 1
+    with torch.no_grad():
+        z = m["encoder"](x)
+        assert z.shape == (3, cfg.z_dim) and z.abs().max() <= 1
+        x_gen = m["generator"](z, y)
+        assert x_gen.shape == x.shape and x_gen.abs().max() <= 1
+        pz = torch.sigmoid(m["d_z"](z))
+        pi = torch.sigmoid(m["d_img"](x, y))
+    assert pz.shape == (3,) and pi.shape == (3,)
+    assert ((pz > 0) & (pz < 1)).all() and ((pi > 0) & (pi < 1)).all()
+
+
+def test_label_tiling_order():
+    y = torch.tensor([[0.5, -0.25]])
+    t = tile_label(y, 50)
+    assert t.shape == (1, 100)
+    assert (t[0, :50] == 0.5).all() and (t[0, 50:] == -0.25).all()
+
+
+@pytest.mark.parametrize("every", [True, False])
+def test_label_reaches_every_d_img_block(every):
+    cfg = get_config("tiny", [f"model.d_img_label_every_block={every}"]).model
+    d = build_models(cfg)["d_img"].eval()
+    x = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    y1 = torch.tensor([[0.3, -0.2], [0.1, 0.9]])
+    y2 = y1.clone()
+    y2[:, 0] += 0.5  # perturb the label only
+    with torch.no_grad():
+        _, in1 = d(x, y1, return_block_inputs=True)
+        _, in2 = d(x, y2, return_block_inputs=True)
+    changed = [not torch.equal(a, b) for a, b in zip(in1, in2)]
+    # in1[i] is what follows block i: the input of block i+1 (or of the FC layers after the last block).
+    assert all(changed)
+    rep = cfg.d_img_label_repeat
+    for i, h in enumerate(in2):
+        has_label = every or i == 0
+        assert h.shape[1] == cfg.d_img_channels[i] + (2 * rep if has_label else 0)
+        if has_label:  # the appended channels are exactly the tiled label
+            assert torch.equal(h[:, -2 * rep : -rep], y2[:, :1, None, None].expand(-1, rep, h.shape[2], h.shape[3]))
+            assert torch.equal(h[:, -rep:], y2[:, 1:, None, None].expand(-1, rep, h.shape[2], h.shape[3]))
+
+
+def test_label_changes_generator_output():
+    cfg = get_config("tiny").model
+    g = build_models(cfg)["generator"].eval()
+    z = torch.rand(2, cfg.z_dim) * 2 - 1
+    a = g(z, torch.zeros(2, 2))
+    b = g(z, torch.ones(2, 2))
+    assert not torch.allclose(a, b)
+
+
+def test_init_is_paper_init():
+    m = build_models(get_config("paper").model)
+    w = m["encoder"].convs[0].weight
+    assert abs(float(w.std()) - 0.02) < 0.003 and abs(float(w.mean())) < 0.003
+    assert float(m["encoder"].convs[0].bias.abs().max()) == 0.0
+
+
+def test_bad_image_size():
+    with pytest.raises(ValueError, match="divisible by 16"):
+        build_models(get_config("tiny", ["model.image_size=40"]).model)
