@@ -8,7 +8,6 @@ Prints a table of images/s. The loader target is >= 2,000 images/s at 96 x 96 on
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affectedit.data.cache import FaceCache, batches, prepare
+from affectedit.data.cache import FaceCache, batches, prefetch, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw-expressions"
@@ -81,9 +80,16 @@ def main() -> None:
             cache, what = FaceCache(args.cache), str(args.cache.relative_to(ROOT) if args.cache.is_relative_to(ROOT) else args.cache)
         else:
             cache, what = FaceCache(synthetic_cache(tmp / "synthetic", 10000, args.size)), "synthetic 10k"
-        for hflip in (True, False):
-            rows.append((f"loader batches({args.batch}, hflip={hflip}) on {what}, {cache.size}px",
-                         bench_loader(cache, args.batch, args.seconds, hflip)))
+        for threads in sorted({1, min(2, os.cpu_count() or 1)}):
+            torch.set_num_threads(threads)
+            for hflip in (True, False):
+                rows.append((f"loader batches({args.batch}, hflip={hflip}) on {what}, {cache.size}px, torch threads {threads}",
+                             bench_loader(cache, args.batch, args.seconds, hflip)))
+        it = prefetch(batches(cache, args.batch, seed=0), 2)
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < args.seconds:
+            n += len(next(it)[0])
+        rows.append((f"loader prefetch(batches({args.batch})), torch threads {threads}", n / (time.perf_counter() - t)))
         t = time.perf_counter()
         k = 2000
         for i in np.random.default_rng(0).integers(0, len(cache), k):

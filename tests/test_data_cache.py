@@ -194,3 +194,63 @@ def test_batches_shards_are_disjoint(tmp_path):
         next(batches(c, 41, seed=0))
     with pytest.raises(UserError, match="not a finished face cache"):
         FaceCache(tmp_path)
+
+
+@needs_lfw
+def test_dataset_landmarks_and_boxes_give_the_detected_alignment():
+    """AffectNet's 68 landmarks / box and CelebA's 5 landmarks are used instead of detection."""
+    from PIL import Image
+
+    from affectedit import faces
+
+    name = next(csv.DictReader(open(LFW / "labels.csv")))["image"]
+    path = str(LFW / "images" / name)
+    img = Image.open(path).convert("RGB")
+    face = faces.detect_faces(img)[0]
+    ref = np.asarray(faces.align_face(img, face, 48)).astype(np.int16)
+
+    lm68 = np.zeros((68, 2))
+    lm68[[45, 42, 36, 39, 33]] = face.landmarks  # the 5 points dlib's model shares with iBUG-68
+    got, why = cache_mod.align_sample((path, face.box, lm68, 48, False))
+    assert why is None and np.abs(got.astype(np.int16) - ref).max() <= 1
+
+    got, why = cache_mod.align_sample((path, face.box, None, 48, False))  # box only: detect inside it
+    assert why is None and np.abs(got.astype(np.int16) - ref).max() <= 1
+    got, why = cache_mod.align_sample((path, (0, 0, 10, 10), None, 48, False))
+    assert got is None and why == "no face found in the given box"
+
+    lm = face.landmarks
+    eyes = np.array([(lm[2] + lm[3]) / 2, (lm[0] + lm[1]) / 2])  # image-left eye centre, image-right
+    celeba5 = np.vstack([eyes, [[lm[4][0], lm[4][1] - 5], lm[4] + (-15, 25), lm[4] + (15, 25)]])
+    got, why = cache_mod.align_sample((path, None, celeba5, 48, False))
+    assert why is None and got.shape == (48, 48, 3)
+    # CelebA: the eye centres land exactly on the template's; the face lands within ~2% of the
+    # crop of where the detector's 5-point alignment puts it.
+    f5 = cache_mod._face_from_landmarks(faces, celeba5, None)
+    t = faces.TEMPLATE
+    on_crop = lambda m, p: p @ m[:2, :2].T + m[:, 2]  # noqa: E731
+    assert np.allclose(on_crop(f5.transform, eyes), [(t[2] + t[3]) / 2, (t[0] + t[1]) / 2])
+    assert np.abs(on_crop(f5.transform, lm) - on_crop(face.transform, lm)).max() < 0.03
+
+
+def test_prefetch_matches_plain_iteration(tmp_path):
+    from affectedit.data import prefetch, steps_per_epoch
+
+    _fake_cache(tmp_path / "c", n=30)
+    c = FaceCache(tmp_path / "c")
+    assert steps_per_epoch(c, 7) == 4 and steps_per_epoch(c, 7, world_size=2) == 2
+    plain = batches(c, 7, seed=1)
+    fetched = prefetch(batches(c, 7, seed=1), 3)
+    for _ in range(6):
+        a, b = next(plain), next(fetched)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    fetched.close()
+
+    def boom():
+        yield 1
+        raise RuntimeError("bad batch")
+
+    it = prefetch(boom())
+    assert next(it) == 1
+    with pytest.raises(RuntimeError, match="bad batch"):
+        next(it)

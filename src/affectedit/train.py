@@ -172,7 +172,12 @@ def train(
     from affectedit.identity import build_identity_net
 
     out_dir = Path(out_dir)
+    from accelerate.state import AcceleratorState
+
     tc, mc, lc = cfg.train, cfg.model, cfg.loss
+    # Accelerate keeps one global state per process; forget the previous run's precision so that
+    # several runs can happen in one process (tests, benchmarks). The process group is kept.
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=tc.mixed_precision,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
@@ -223,6 +228,9 @@ def train(
         identity_net = identity_net.to(device).eval()
         requires_grad(identity_net, False)
 
+    if tc.channels_last:
+        for m in models.values():
+            m.to(memory_format=torch.channels_last)
     encoder, generator, d_z, d_img, opt_eg, opt_dz, opt_dimg = accelerator.prepare(
         models["encoder"], models["generator"], models["d_z"], models["d_img"],
         optimizers["eg"], optimizers["d_z"], optimizers["d_img"],
@@ -259,6 +267,8 @@ def train(
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         z_prior = sample_prior(B, mc.z_dim, gen)[lo:hi].to(device)
         x, y = x_all[lo:hi].to(device), y_all[lo:hi].to(device)
+        if tc.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         requires_grad(d_z, True)
         requires_grad(d_img, True)
 

@@ -81,4 +81,7 @@ def run_prepare(args: argparse.Namespace) -> int:
                 workers=max(1, args.workers), limit=args.limit, force=args.force, progress=not args.no_progress)
     print(f"cached {s['count']} faces in {args.output}; skipped {s['skipped']}"
           + (f" ({', '.join(f'{k}: {v}' for k, v in s['skip_reasons'].items())})" if s["skipped"] else ""))
+    if s.get("label_skips"):
+        print("rows left out by the data set's own marks: "
+              + ", ".join(f"{k}: {v}" for k, v in s["label_skips"].items()))
     return 0

@@ -10,7 +10,14 @@ A cache is one folder:
 
 ``meta.json`` is written last: a folder without it is not a (finished) cache. While ``prepare`` runs,
 its work lives in ``<cache>/.partial/`` (a preallocated memmap of all candidates plus
-``state.json``, committed every ``chunk`` images), so an interrupted run resumes where it stopped.
+``state.json``, committed every ``chunk`` images), so an interrupted run resumes where it stopped;
+``<cache>/.lock`` keeps two runs from writing the same folder.
+
+Alignment: faces are detected and aligned by :mod:`affectedit.faces` unless the data set gives
+landmarks: AffectNet's 68 iBUG points provide dlib's 5 points exactly (indices 45, 42, 36, 39, 33);
+CelebA's 5 points (eye centres, nose tip, mouth corners) are aligned by the two eye centres onto
+the template's eye centres (on LFW the detector's alignment puts the eye centres within 0.001 of
+those, on average). An AffectNet box without landmarks picks the detected face overlapping it.
 """
 from __future__ import annotations
 
@@ -30,7 +37,7 @@ from affectedit.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare", "FaceCache", "batches", "normalize", "denormalize", "CACHE_VERSION"]
+__all__ = ["prepare", "FaceCache", "batches", "prefetch", "steps_per_epoch", "normalize", "denormalize", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
 PARTIAL = ".partial"
@@ -105,7 +112,11 @@ def _pick(found, image_size, box=None, prefer_center=False):
 
 
 def _init_worker():
+    import signal
+
     import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled (and the state saved) by the parent
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -184,8 +195,6 @@ def prepare(
     Resumes an unfinished run with the same configuration; a finished cache with the same
     configuration is left as is. Unreadable, missing, non-image and face-less files are skipped,
     logged and listed in meta.json. Returns a summary dict (count, skipped, skip_reasons, ...)."""
-    from tqdm import tqdm
-
     from affectedit.data.readers import read_dataset
 
     data, output = Path(data), Path(output)
@@ -212,6 +221,34 @@ def prepare(
     }
 
     output.mkdir(parents=True, exist_ok=True)
+    with _lock(output):
+        return _prepare_locked(samples, names, data, output, config, label_skips, split, size, workers, force,
+                               progress, chunk, fmt)
+
+
+@contextlib.contextmanager
+def _lock(output: Path):
+    """One prepare run per cache folder at a time (advisory lock on ``<cache>/.lock``)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no locking
+        yield
+        return
+    with open(output / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(f"another `affectedit prepare` is writing {output}; wait for it or choose another -o") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare_locked(samples, names, data, output, config, label_skips, split, size, workers, force, progress,
+                    chunk, fmt) -> dict:
+    from tqdm import tqdm
+
     meta_path, partial = output / "meta.json", output / PARTIAL
     if force:
         for f in ("meta.json", "images.npy", "labels.npy"):
@@ -258,7 +295,8 @@ def prepare(
             import multiprocessing as mp
 
             pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
-            results = pool.imap(align_sample, tasks, chunksize=8)
+            # windows keep the queue of pickled tasks short (Pool.imap consumes its input eagerly)
+            results = (r for window in _windows(tasks, 2048) for r in pool.imap(align_sample, window, chunksize=8))
         else:
             results = map(align_sample, tasks)
         i = done
@@ -316,12 +354,22 @@ def prepare(
         "label_skips": label_skips,
     }
     _write_json(meta_path, meta)
-    del work
     shutil.rmtree(partial, ignore_errors=True)
     s = _summary(meta, label_skips)
     log.info("prepared %s: %d faces, %d skipped%s", output, s["count"], s["skipped"],
              "".join(f"; {k}: {v}" for k, v in s["skip_reasons"].items()))
     return s
+
+
+def _windows(it, n):
+    window = []
+    for x in it:
+        window.append(x)
+        if len(window) == n:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _relname(path: Path, root: Path) -> str:
@@ -416,13 +464,62 @@ def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tu
         srt = np.argsort(idx, kind="stable")
         block = np.empty((batch_size,) + images.shape[1:], dtype=np.uint8)
         block[srt] = images[idx[srt]]  # sorted reads from the memmap, back in permutation order
+        # uint8 NHWC -> NCHW copy first, flip in uint8, then convert. Done in numpy (single
+        # thread): torch's intra-op threads only thrash on these small arrays when the trainer
+        # keeps the cores busy. Same float32 arithmetic as normalize(), bit for bit.
+        x = np.ascontiguousarray(block.transpose(0, 3, 1, 2))
         if hflip:
             flip = np.random.default_rng([seed, step, rank, 7]).random(batch_size) < 0.5
-            block[flip] = block[flip, :, ::-1]
-        x = torch.from_numpy(block).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
+            sel = np.flatnonzero(flip)
+            x[sel] = x[sel, :, :, ::-1]
+        x = x.astype(np.float32)
+        x /= np.float32(127.5)
+        x -= np.float32(1.0)
+        x = torch.from_numpy(x)
         y = torch.from_numpy(labels[idx])
         yield x, y
         step += 1
+
+
+def prefetch(iterator, depth: int = 2):
+    """Run ``iterator`` (e.g. :func:`batches`) in a background thread, ``depth`` items ahead.
+
+    The loader's work (memmap reads, numpy and torch copies) releases the GIL, so it overlaps
+    with the training step. Errors in the iterator are re-raised in the caller."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="affectedit-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def steps_per_epoch(cache, batch_size: int, world_size: int = 1) -> int:

@@ -1,0 +1,683 @@
+"""Edit the facial expression in a photo: ``Editor.from_pretrained().edit(photo, valence, arousal)``.
+
+The pipeline of one edit (Lindt et al. 2019, Sec. III): detect every face (``faces.detect_faces``),
+align it to the model's S x S crop, run x_gen = G(E(x), y) for all faces in ONE batched forward
+pass, and blend each edited crop back into the ORIGINAL full-resolution photo (``faces.paste_back``:
+pixels outside the feathered face ellipse stay byte-identical).
+
+Valence (unpleasant -1 .. pleasant +1) and arousal (calm -1 .. excited +1) are the paper's
+continuous labels; ``EMOTIONS`` names points of that plane for people who think in words.
+
+Weights: ``Editor.from_checkpoint(path)`` loads a training checkpoint (``runs/NAME/checkpoint.pt``)
+or an exported weights file; ``Editor.from_pretrained()`` loads the bundled
+``affectedit/weights/affectedit.pt`` after checking its sha256 against ``affectedit.json``.
+``export_weights(checkpoint, out_dir)`` writes such a pair (E and G only, fp16).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from affectedit.errors import UserError
+from affectedit.io import atomic_path
+
+__all__ = [
+    "EMOTIONS",
+    "emotion",
+    "Editor",
+    "export_weights",
+    "open_image",
+    "parse_path",
+    "emotion_table",
+    "WEIGHTS_DIR",
+    "WEIGHTS_NAME",
+    "WEIGHTS_JSON",
+]
+
+# ----------------------------------------------------------------------------------- vocabulary
+
+#: Emotion words as (valence, arousal) points of the circumplex, both in [-1, 1].
+#:
+#: Source: Russell, J. A. (1980), "A circumplex model of affect", J. Personality and Social
+#: Psychology 39(6):1161-1178, Fig. 2 (direct circular scaling of 28 affect words, pleasure on the
+#: x axis, arousal on the y axis).  Values are approximate readings of that figure, rounded to
+#: 0.05; the words lie near the unit circle, so they are strong, near-extreme expressions.
+#: Words not among Russell's 28: ``surprised`` is placed at his "astonished"; ``disgusted`` (not in
+#: Russell's set) is placed as in Scherer's (2005) Geneva emotion wheel: clearly unpleasant, mildly
+#: aroused; ``neutral`` is the origin.  Note that AffectNet's annotators (the model's training
+#: labels) use the inner part of the plane more often, so |(v, a)| near 1 asks for the strongest
+#: expressions the model has seen.
+EMOTIONS: dict[str, tuple[float, float]] = {
+    "neutral": (0.0, 0.0),
+    # pleasant, aroused
+    "happy": (0.90, 0.15),
+    "glad": (0.90, 0.10),
+    "pleased": (0.90, 0.05),
+    "delighted": (0.85, 0.35),
+    "excited": (0.70, 0.70),
+    "astonished": (0.15, 0.90),
+    "surprised": (0.15, 0.90),
+    # unpleasant, aroused
+    "alarmed": (-0.10, 0.95),
+    "tense": (-0.05, 0.90),
+    "afraid": (-0.15, 0.80),
+    "angry": (-0.40, 0.80),
+    "annoyed": (-0.45, 0.75),
+    "distressed": (-0.70, 0.55),
+    "frustrated": (-0.60, 0.40),
+    "disgusted": (-0.70, 0.35),
+    # unpleasant, calm
+    "miserable": (-0.80, -0.05),
+    "sad": (-0.80, -0.40),
+    "gloomy": (-0.85, -0.45),
+    "depressed": (-0.80, -0.50),
+    "bored": (-0.35, -0.80),
+    "tired": (-0.05, -0.95),
+    "sleepy": (0.0, -1.0),
+    # pleasant, calm
+    "calm": (0.75, -0.65),
+    "relaxed": (0.70, -0.65),
+    "serene": (0.80, -0.60),
+    "content": (0.80, -0.55),
+    "satisfied": (0.75, -0.60),
+    "at ease": (0.85, -0.35),
+}
+
+
+def emotion(name: str) -> tuple[float, float]:
+    """(valence, arousal) of an emotion word of ``EMOTIONS`` (case-insensitive; "at_ease" works for
+    "at ease").  An unknown word is a UserError that lists the vocabulary."""
+    key = " ".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
+    if key not in EMOTIONS:
+        raise UserError(f"unknown emotion {name!r}; choose one of: {', '.join(EMOTIONS)} (or give --valence/--arousal)")
+    return EMOTIONS[key]
+
+
+def _check_label(valence, arousal) -> tuple[float, float]:
+    out = []
+    for name, value in (("valence", valence), ("arousal", arousal)):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{name} must be a number in [-1, 1], got {value!r}") from None
+        if not math.isfinite(v) or not -1.0 <= v <= 1.0:
+            raise UserError(f"{name} must be in [-1, 1], got {value!r}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def _check_labels(labels, n: int) -> torch.Tensor:
+    """N x 2 float tensor from an N x 2 tensor/array or one (valence, arousal) pair (broadcast)."""
+    y = torch.as_tensor(np.asarray(labels, dtype=np.float32) if not torch.is_tensor(labels) else labels).float().cpu()
+    if y.ndim == 1 and y.shape[0] == 2:
+        y = y.expand(n, 2)
+    if y.ndim != 2 or y.shape != (n, 2):
+        raise ValueError(f"labels must be N x 2 (valence, arousal) with N = {n}, got shape {tuple(y.shape)}")
+    bad = ~torch.isfinite(y) | (y.abs() > 1.0)
+    if bad.any():
+        i, j = (int(k) for k in bad.nonzero()[0])
+        raise UserError(f"{('valence', 'arousal')[j]} must be in [-1, 1], got {float(y[i, j])!r} (label {i})")
+    return y.contiguous()
+
+
+# ----------------------------------------------------------------------------------- images
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and decode an image file (not yet rotated by its EXIF orientation); any failure to read
+    it is a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found" if not path.exists() else f"{path} is not a file")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} is too large to edit safely ({Image.MAX_IMAGE_PIXELS} pixels at most)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise all three on damaged files
+        raise UserError(f"cannot read {path}: not an image or damaged ({type(e).__name__})") from None
+    return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation so that pixels are upright (a no-op without the tag)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block must not stop an edit
+        return img
+    return ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+
+
+def _as_image(image, what: str = "image") -> tuple[Image.Image, str]:
+    """PIL image (upright) and a name for messages, from a PIL image, an H x W x 3 uint8 array or a path."""
+    if isinstance(image, (str, os.PathLike)):
+        return _upright(open_image(image)), str(image)
+    if isinstance(image, Image.Image):
+        return _upright(image), getattr(image, "filename", "") or what
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise UserError(f"{what} array must be H x W x 3 uint8 (RGB), got {image.shape} {image.dtype}")
+        return Image.fromarray(np.ascontiguousarray(image), "RGB"), what
+    raise UserError(f"{what} must be a path, a PIL image or an H x W x 3 uint8 array, got {type(image).__name__}")
+
+
+def _restore_mode(result: Image.Image, like: Image.Image) -> Image.Image:
+    """Give the RGB ``result`` the mode of the input (alpha kept from the input)."""
+    if like.mode == "RGB":
+        return result
+    if like.mode in ("RGBA", "LA"):
+        out = result.convert(like.mode[:-1] if like.mode == "LA" else "RGB")
+        out.putalpha(like.getchannel("A"))
+        return out
+    if like.mode in ("L", "CMYK"):
+        return result.convert(like.mode)
+    return result  # P, I, F, ...: an RGB edit is the faithful answer
+
+
+# ----------------------------------------------------------------------------------- weights
+
+#: Where the bundled weights live (package data) and their file names.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_NAME = "affectedit.pt"
+WEIGHTS_JSON = "affectedit.json"
+_WEIGHTS_FORMAT = 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(pt: Path, meta: Path) -> None:
+    try:
+        expected = json.loads(meta.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{meta} is damaged (no sha256 inside); reinstall affectedit or export the weights again") from None
+    actual = _sha256(pt)
+    if actual != expected:
+        raise UserError(
+            f"checksum mismatch for {pt} (sha256 {actual[:12]}..., expected {expected[:12]}... from {meta.name}): "
+            "the file is damaged or was replaced; reinstall affectedit or export the weights again"
+        )
+
+
+def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, step: int | None, force: bool) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format_version": 1,  # the training checkpoint format: load_checkpoint reads this file too
+        "weights_format": _WEIGHTS_FORMAT,
+        "step": int(step or 0),
+        "config": config,
+        "models": {
+            "encoder": {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu() for k, v in encoder_sd.items()},
+            "generator": {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.cpu() for k, v in generator_sd.items()},
+        },
+    }
+    pt, meta = out_dir / WEIGHTS_NAME, out_dir / WEIGHTS_JSON
+    if not force:
+        for p in (pt, meta):
+            if p.exists():
+                raise UserError(f"{p} already exists; pass --force to overwrite it")
+    with atomic_path(pt) as tmp:
+        torch.save(state, tmp)
+    info = {
+        "file": WEIGHTS_NAME,
+        "sha256": _sha256(pt),
+        "bytes": pt.stat().st_size,
+        "step": int(step or 0),
+        "dtype": "float16",
+        "image_size": config["model"]["image_size"],
+        "weights_format": _WEIGHTS_FORMAT,
+    }
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+    return pt
+
+
+def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = True) -> Path:
+    """Write the inference weights of a training checkpoint to ``out_dir``: ``affectedit.pt`` (E and
+    G in float16 plus the config; loadable with ``torch.load(weights_only=True)``) and
+    ``affectedit.json`` (its sha256, size, step).  Both are written atomically.  Returns the .pt path."""
+    from affectedit.train import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    for name in ("encoder", "generator"):
+        if name not in state["models"]:
+            raise UserError(f"checkpoint {checkpoint} holds no {name} weights")
+    return _write_weights(state["models"]["encoder"], state["models"]["generator"], state["config"], out_dir,
+                          state.get("step"), force)
+
+
+# ----------------------------------------------------------------------------------- device
+
+
+def _pick_device(device) -> torch.device:
+    """CUDA, then Apple MPS, then CPU when ``device`` is None; otherwise the device asked for."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"device {device!r} asked for but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UserError(f"device {device!r} asked for but MPS is not available; use --device cpu")
+    return dev
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+# ----------------------------------------------------------------------------------- editor
+
+
+class Editor:
+    """The trained encoder E and generator G, and the photo-level editing around them.
+
+    ``Editor.from_pretrained()`` or ``Editor.from_checkpoint(path)``; then ``edit(photo, valence,
+    arousal)`` -> PIL image, ``grid(photo)`` (the paper's Fig. 3), ``animate(photo, path, out)``.
+    Tensor-level: ``edit_crops(crops, labels)`` on aligned S x S crops (e.g. cache images)."""
+
+    def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
+                 precision: str = "auto", batch_size: int = 64):
+        if precision not in PRECISIONS:
+            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.device = _pick_device(device)
+        self.precision = precision
+        self.config = config
+        self.image_size = int(config.model.image_size)
+        self.batch_size = int(batch_size)
+        self.encoder = encoder.to(self.device).eval()
+        self.generator = generator.to(self.device).eval()
+        self.step = 0  # training step of the loaded weights (kept by save_pretrained)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto") -> "Editor":
+        """Load a training checkpoint (``runs/NAME/checkpoint.pt`` or its folder) or an exported
+        weights file.  An exported file with its ``affectedit.json`` beside it is checksum-verified."""
+        from affectedit.train import load_checkpoint, models_from_checkpoint
+
+        path = Path(path)
+        meta = path.with_suffix(".json")
+        if path.is_file() and meta.is_file():
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                if json.loads(meta.read_text()).get("file") == path.name:
+                    _verify(path, meta)
+        state = load_checkpoint(path)
+        dev = _pick_device(device)
+        cfg, models = models_from_checkpoint(state, ("encoder", "generator"), device=dev)
+        editor = cls(models["encoder"], models["generator"], cfg, dev, precision)
+        editor.step = int(state.get("step", 0) or 0)
+        return editor
+
+    @classmethod
+    def from_pretrained(cls, device=None, precision: str = "auto", weights_dir: str | os.PathLike | None = None) -> "Editor":
+        """Load the bundled weights (``affectedit/weights/affectedit.pt``; ``weights_dir`` overrides the
+        folder), after verifying their sha256 against ``affectedit.json``."""
+        folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+        pt, meta = folder / WEIGHTS_NAME, folder / WEIGHTS_JSON
+        if not pt.is_file():
+            raise UserError(
+                f"no bundled weights at {pt}: this installation ships without a trained model; "
+                "pass --checkpoint runs/NAME/checkpoint.pt, or export one with "
+                "affectedit.editor.export_weights(checkpoint, folder)"
+            )
+        if not meta.is_file():
+            raise UserError(f"{meta} is missing, so the weights {pt} cannot be verified; reinstall affectedit or export the weights again")
+        _verify(pt, meta)
+        return cls.from_checkpoint(pt, device=device, precision=precision)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, force: bool = True) -> Path:
+        """Write this editor's E and G as ``out_dir/affectedit.pt`` (fp16) + ``affectedit.json``
+        (sha256), the pair ``from_pretrained(weights_dir=out_dir)`` loads."""
+        return _write_weights(self.encoder.state_dict(), self.generator.state_dict(), self.config.to_dict(),
+                              out_dir, self.step, force)
+
+    # ------------------------------------------------------------------ tensors
+
+    def _autocast(self):
+        """The one place that decides the numeric precision of inference.  "auto" is fp32 for now."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _as_crops(self, crops) -> torch.Tensor:
+        """N x 3 x S x S float in [-1, 1] from such a tensor or from uint8 N x S x S x 3 (cache images)."""
+        if not torch.is_tensor(crops):
+            a = np.asarray(crops)
+            if a.dtype != np.uint8:
+                raise ValueError(f"crop arrays must be uint8 N x S x S x 3, got {a.dtype}")
+            from affectedit.data.cache import normalize
+
+            crops = normalize(a[None] if a.ndim == 3 else a)
+        x = crops.float()
+        if x.ndim == 3:
+            x = x[None]
+        S = self.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, S, S):
+            raise ValueError(f"crops must be N x 3 x {S} x {S} (the model's size), got {tuple(x.shape)}")
+        return x
+
+    @torch.inference_mode()
+    def encode(self, crops) -> torch.Tensor:
+        """z = E(x): crops N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3) -> N x z_dim in [-1, 1] (CPU)."""
+        x = self._as_crops(crops)
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            with self._autocast():
+                out.append(self.encoder(x[i:i + self.batch_size].to(self.device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.config.model.z_dim)
+
+    @torch.inference_mode()
+    def generate(self, z: torch.Tensor, labels) -> torch.Tensor:
+        """x_gen = G(z, y): z N x z_dim, labels N x 2 (or one pair) -> N x 3 x S x S in [-1, 1] (CPU)."""
+        y = _check_labels(labels, len(z))
+        out = []
+        for i in range(0, len(z), self.batch_size):
+            with self._autocast():
+                g = self.generator(z[i:i + self.batch_size].to(self.device).float(), y[i:i + self.batch_size].to(self.device))
+            out.append(g.float().clamp_(-1, 1).cpu())
+        S = self.image_size
+        return torch.cat(out) if out else torch.zeros(0, 3, S, S)
+
+    @torch.inference_mode()
+    def edit_crops(self, crops, labels) -> torch.Tensor:
+        """x_gen = G(E(x), y) for aligned crops: N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3, as
+        in a face cache), labels N x 2 (valence, arousal) in [-1, 1] or one pair for all.
+        Returns N x 3 x S x S in [-1, 1] on the CPU; batched by ``batch_size``."""
+        x = self._as_crops(crops)
+        y = _check_labels(labels, len(x))
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            xb, yb = x[i:i + self.batch_size].to(self.device), y[i:i + self.batch_size].to(self.device)
+            with self._autocast():
+                g = self.generator(self.encoder(xb), yb)
+            out.append(g.float().clamp_(-1, 1).cpu())
+        S = self.image_size
+        return torch.cat(out) if out else torch.zeros(0, 3, S, S)
+
+    def reconstruct(self, crops, labels) -> torch.Tensor:
+        """G(E(x), y_x) with each crop's own label: the paper's reconstruction (L_rec, eq. 1).
+        Same shapes and ranges as ``edit_crops``."""
+        return self.edit_crops(crops, labels)
+
+    # ------------------------------------------------------------------ photos
+
+    def _faces(self, photo: Image.Image, name: str, face: int | None):
+        from affectedit.faces import detect_faces
+
+        found = detect_faces(photo)
+        if not found:
+            raise UserError(f"no face found in {name}; use a photo with a clearly visible, roughly frontal face")
+        if face is None:
+            return found
+        if not isinstance(face, (int, np.integer)) or not 0 <= face < len(found):
+            raise UserError(f"face {face!r} asked for but {len(found)} face(s) found in {name} (indices 0..{len(found) - 1}, largest first)")
+        return [found[int(face)]]
+
+    def _crops(self, photo: Image.Image, faces) -> torch.Tensor:
+        from affectedit.data.cache import normalize
+        from affectedit.faces import align_faces_batch
+
+        return normalize(align_faces_batch(photo, faces, self.image_size))
+
+    @staticmethod
+    def _paste(photo: Image.Image, faces, edited: torch.Tensor) -> Image.Image:
+        from affectedit.data.cache import denormalize
+        from affectedit.faces import paste_back
+
+        out = photo
+        for f, crop in zip(faces, denormalize(edited)):
+            out = paste_back(out, f, Image.fromarray(crop, "RGB"))
+        return out
+
+    def edit(self, image, valence: float, arousal: float, face: int | None = None) -> Image.Image:
+        """The photo with every face (or only face ``face``, an index in ``detect_faces`` order:
+        largest first) showing (valence, arousal), both in [-1, 1].
+
+        ``image``: a PIL image, an H x W x 3 uint8 RGB array or a path; EXIF orientation is applied,
+        so the result is upright.  Returns a new image of the (upright) input's size and mode; pixels
+        outside the blended face regions are unchanged.  No face: UserError."""
+        v, a = _check_label(valence, arousal)
+        photo, name = _as_image(image)
+        rgb = photo.convert("RGB") if photo.mode != "RGB" else photo
+        faces = self._faces(rgb, name, face)
+        edited = self.edit_crops(self._crops(rgb, faces), torch.tensor([v, a]))
+        return _restore_mode(self._paste(rgb, faces, edited), photo)
+
+    def edit_aligned(self, crop, valence: float, arousal: float) -> Image.Image:
+        """Edit an already aligned face crop (PIL image or H x W x 3 uint8 array, square, dlib
+        face-chip geometry as ``faces.align_face`` makes it).  It is resized to the model's size and
+        the result back to the crop's size."""
+        from affectedit.data.cache import denormalize, normalize
+
+        v, a = _check_label(valence, arousal)
+        img, _ = _as_image(crop, "crop")
+        img = img.convert("RGB")
+        S = self.image_size
+        small = img if img.size == (S, S) else img.resize((S, S), Image.BICUBIC, reducing_gap=2.0)
+        out = Image.fromarray(denormalize(self.edit_crops(normalize(np.asarray(small))[None], torch.tensor([v, a])))[0], "RGB")
+        return out if out.size == img.size else out.resize(img.size, Image.BICUBIC)
+
+    # ------------------------------------------------------------------ figures
+
+    def grid(self, image, face: int = 0, n: int = 5, cell: int | None = None) -> Image.Image:
+        """The paper's Fig. 3: an n x n grid of edits of one face over [-1, 1]^2, arousal from high
+        (left) to low (right), valence from high (top) to low (bottom), with axis labels and the
+        aligned input beside it.  Cells are ``cell`` pixels (default max(S, 128)).  The layout is in
+        ``result.info["grid"]``: {"n", "cell", "origin": (x, y) of the top-left cell, "input": box}."""
+        if n < 2:
+            raise UserError(f"a grid needs n >= 2 labels per axis, got {n}")
+        photo, name = _as_image(image)
+        rgb = photo.convert("RGB")
+        faces = self._faces(rgb, name, face)
+        x = self._crops(rgb, faces)
+        levels = np.linspace(1.0, -1.0, n)
+        labels = torch.tensor([[v, a] for v in levels for a in levels], dtype=torch.float32)  # row-major
+        edited = self.edit_crops(x.expand(n * n, -1, -1, -1), labels)
+        from affectedit.data.cache import denormalize
+
+        tiles = denormalize(edited)
+        cell = int(cell or max(self.image_size, 128))
+        font = _font(max(11, cell // 9))
+        small = _font(max(10, cell // 11))
+        pad = max(6, cell // 16)
+        # columns: [input] gap [valence title][row labels] [grid]
+        title_h = _text_size(font, "arousal")[1] + pad
+        collab_h = _text_size(small, "-1.0")[1] + pad
+        rowlab_w = _text_size(small, "-1.00")[0] + pad
+        vtitle_w = _text_size(font, "valence")[1] + pad
+        input_w = cell + 2 * pad
+        gx0 = input_w + pad + vtitle_w + rowlab_w
+        gy0 = pad + title_h + collab_h
+        W, H = gx0 + n * cell + pad, gy0 + n * cell + pad
+        canvas = Image.new("RGB", (W, H), "white")
+        draw = ImageDraw.Draw(canvas)
+        # input, vertically centred beside the grid
+        iy = gy0 + (n * cell - cell) // 2
+        canvas.paste(Image.fromarray(denormalize(x)[0], "RGB").resize((cell, cell), Image.BICUBIC), (pad, iy))
+        draw.text((pad + cell / 2, iy - pad / 2), "input", fill="black", font=small, anchor="md")
+        for k, (v, a) in enumerate(labels.tolist()):
+            r, c = divmod(k, n)
+            tile = Image.fromarray(tiles[k], "RGB")
+            canvas.paste(tile.resize((cell, cell), Image.BICUBIC) if cell != self.image_size else tile, (gx0 + c * cell, gy0 + r * cell))
+        draw.text((gx0 + n * cell / 2, pad), "arousal (high to low)", fill="black", font=font, anchor="mt")
+        for c, a in enumerate(levels):
+            draw.text((gx0 + c * cell + cell / 2, gy0 - pad / 2), f"{a:.1f}" if n <= 11 else f"{a:.2f}", fill="black", font=small, anchor="md")
+        for r, v in enumerate(levels):
+            draw.text((gx0 - pad / 2, gy0 + r * cell + cell / 2), f"{v:.1f}" if n <= 11 else f"{v:.2f}", fill="black", font=small, anchor="rm")
+        # the valence title, written horizontally and turned to read bottom-to-top
+        tw, th = _text_size(font, "valence (high to low)")
+        label = Image.new("RGB", (tw + 4, th + 4), "white")
+        ImageDraw.Draw(label).text((2, 2), "valence (high to low)", fill="black", font=font)
+        label = label.rotate(90, expand=True)
+        canvas.paste(label, (input_w + pad, gy0 + (n * cell - label.height) // 2))
+        canvas.info["grid"] = {"n": n, "cell": cell, "origin": (gx0, gy0), "input": (pad, iy, pad + cell, iy + cell)}
+        return canvas
+
+    def animate(
+        self,
+        image,
+        path: Sequence[tuple[float, float]],
+        out: str | os.PathLike,
+        fps: int = 20,
+        seconds_per_segment: float = 1.0,
+        face: int | None = None,
+        size: int | None = 512,
+        force: bool = True,
+    ) -> Path:
+        """Write a video of the face(s) moving along ``path``, a list of (valence, arousal) points in
+        [-1, 1] (at least 2), with smoothstep easing between consecutive points
+        (``seconds_per_segment`` each, ``fps`` frames per second).  Frames are the full photo
+        (paste-back), scaled so the longest side is at most ``size`` (None: original size).
+
+        ``out`` ending in .gif: an animated GIF (Pillow, looping); .mp4: MPEG-4 (OpenCV's mp4v
+        writer).  Written atomically; an existing ``out`` is overwritten only with ``force``.
+        Returns the path."""
+        out = Path(out)
+        kind = out.suffix.lower()
+        if kind not in (".gif", ".mp4"):
+            raise UserError(f"animation output {out} must end in .gif or .mp4")
+        points = [_check_label(v, a) for v, a in path]
+        if len(points) < 2:
+            raise UserError("an animation path needs at least 2 (valence, arousal) points")
+        if fps < 1 or not math.isfinite(seconds_per_segment) or seconds_per_segment <= 0:
+            raise UserError(f"fps must be >= 1 and seconds_per_segment > 0, got {fps} and {seconds_per_segment}")
+        labels = torch.tensor(_path_labels(points, max(1, round(fps * seconds_per_segment))), dtype=torch.float32)
+        photo, name = _as_image(image)
+        rgb = photo.convert("RGB")
+        faces = self._faces(rgb, name, face)
+        z = self.encode(self._crops(rgb, faces))  # once per face: only the label changes
+        F, T = len(faces), len(labels)
+        # Paste into a copy already scaled to the frame size (cheaper than scaling every frame).
+        scale = 1.0 if size is None else min(1.0, size / max(rgb.size))
+        fsize = (max(2, round(rgb.width * scale)) // 2 * 2, max(2, round(rgb.height * scale)) // 2 * 2)  # even: codecs like it
+        if fsize != rgb.size:
+            sx, sy = fsize[0] / rgb.width, fsize[1] / rgb.height
+            base = rgb.resize(fsize, Image.LANCZOS, reducing_gap=3.0)
+            faces = [_scaled_face(f, sx, sy) for f in faces]
+        else:
+            base = rgb
+        frames = []
+        step = max(1, self.batch_size // F)
+        for t0 in range(0, T, step):
+            y = labels[t0:t0 + step]
+            edited = self.generate(z.repeat(len(y), 1), y.repeat_interleave(F, 0))
+            for k in range(len(y)):
+                frames.append(self._paste(base, faces, edited[k * F:(k + 1) * F]))
+        with atomic_path(out, force=force) as tmp:
+            if kind == ".gif":
+                _write_gif(tmp, frames, fps)
+            else:
+                _write_mp4(tmp, frames, fps)
+        return out
+
+
+def _path_labels(points: list[tuple[float, float]], frames_per_segment: int) -> list[tuple[float, float]]:
+    """Labels along a polyline in label space, smoothstep-eased per segment, ending on the last point."""
+    labels = []
+    for (v0, a0), (v1, a1) in zip(points[:-1], points[1:]):
+        for k in range(frames_per_segment):
+            t = k / frames_per_segment
+            s = t * t * (3.0 - 2.0 * t)  # eases in and out: the face rests briefly at each point
+            labels.append((v0 + s * (v1 - v0), a0 + s * (a1 - a0)))
+    labels.append(points[-1])
+    return labels
+
+
+def _scaled_face(face, sx: float, sy: float):
+    """The same face in a copy of the photo resized by (sx, sy) (pixel centres at integers)."""
+    from affectedit.faces import Face
+
+    lm = (np.asarray(face.landmarks, dtype=np.float64) + 0.5) * (sx, sy) - 0.5
+    x0, y0, x1, y1 = face.box
+    return Face.from_landmarks(lm, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), score=face.score)
+
+
+def _write_gif(path: Path, frames: list[Image.Image], fps: int) -> None:
+    """Animated GIF with one palette for all frames: no colour flicker, and ~20x faster than letting
+    Pillow build a palette per frame.  The palette comes from the first, middle and last frames."""
+    keys = [f.reduce(2) if min(f.size) >= 64 else f for f in (frames[0], frames[len(frames) // 2], frames[-1])]
+    w, h = keys[0].size
+    montage = Image.new("RGB", (w * len(keys), h))
+    for i, f in enumerate(keys):
+        montage.paste(f, (i * w, 0))
+    palette = montage.quantize(256, method=Image.Quantize.MEDIANCUT)
+    q = [f.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG) for f in frames]
+    q[0].save(path, format="GIF", save_all=True, append_images=q[1:], duration=round(1000 / fps), loop=0)
+
+
+def _write_mp4(path: Path, frames: list[Image.Image], fps: int) -> None:
+    import cv2
+
+    w, h = frames[0].size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+    if not writer.isOpened():
+        raise UserError("this OpenCV build cannot write MP4 video; write a .gif instead")
+    try:
+        for f in frames:
+            writer.write(cv2.cvtColor(np.asarray(f), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    if path.stat().st_size == 0:
+        raise UserError("OpenCV wrote an empty MP4 file; write a .gif instead")
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_size(font, text: str) -> tuple[int, int]:
+    x0, y0, x1, y1 = font.getbbox(text)
+    return int(math.ceil(x1 - min(0, x0))), int(math.ceil(y1 - min(0, y0)))
+
+
+def parse_path(text: str) -> list[tuple[float, float]]:
+    """An animation path from text: points separated by spaces (or ';'), each "valence,arousal" or an
+    emotion word of ``EMOTIONS`` (e.g. "0,0 0.8,0.5 sad"; write "at_ease" for "at ease")."""
+    points = []
+    for token in text.replace(";", " ").split():
+        if "," in token:
+            parts = token.split(",")
+            if len(parts) != 2:
+                raise UserError(f"path point {token!r} must be valence,arousal (e.g. 0.8,-0.5) or an emotion word")
+            points.append(_check_label(*parts))
+        else:
+            points.append(emotion(token))
+    if len(points) < 2:
+        raise UserError(f"--path {text!r} needs at least 2 points, e.g. \"0,0 0.8,0.5 -0.6,-0.4\"")
+    return points
+
+
+def emotion_table(emotions: Iterable[str] | None = None) -> str:
+    """The vocabulary as a text table: word, valence, arousal."""
+    names = list(emotions or EMOTIONS)
+    w = max(len("emotion"), *(len(n) for n in names))
+    lines = [f"{'emotion':<{w}}  valence  arousal"]
+    lines += [f"{n:<{w}}  {EMOTIONS[n][0]:>7.2f}  {EMOTIONS[n][1]:>7.2f}" for n in names]
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""`affectedit edit | grid | animate | emotions` end to end, with the tiny checkpoint of test_editor."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from affectedit.cli import main
+from affectedit.editor import EMOTIONS, WEIGHTS_DIR, WEIGHTS_NAME
+from test_editor import LONDON, PORTRAIT, PORTRAIT2, tiny_checkpoint  # noqa: F401 - the session fixture
+
+pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
+
+
+@pytest.fixture()
+def ck(tiny_checkpoint):  # noqa: F811
+    return ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
+
+
+def test_edit_one_photo_keeps_format_quality_and_refuses_to_overwrite(ck, tmp_path, capsys):
+    out = tmp_path / "out.jpg"
+    assert main(["edit", str(PORTRAIT), "--valence", "0.8", "--arousal", "0.4", "-o", str(out), *ck]) == 0
+    with Image.open(PORTRAIT) as src, Image.open(out) as res:
+        assert res.format == "JPEG" and res.size == src.size and res.mode == src.mode
+        assert res.quantization == src.quantization  # the input's JPEG quality
+    before, inode = out.read_bytes(), out.stat().st_ino
+    capsys.readouterr()
+    assert main(["edit", str(PORTRAIT), "--emotion", "sad", "-o", str(out), *ck]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert out.read_bytes() == before and out.stat().st_ino == inode
+    assert main(["edit", str(PORTRAIT), "--emotion", "Sad", "-o", str(out), "--force", *ck]) == 0
+    assert out.stat().st_ino != inode  # replaced (atomically: a new file renamed over the old one)
+    # an existing folder as -o: the photo goes inside under its own name
+    assert main(["edit", str(PORTRAIT), "--emotion", "calm", "-o", str(tmp_path), *ck]) == 0
+    assert (tmp_path / PORTRAIT.name).is_file()
+
+
+def test_edit_png_and_exif_orientation_reset(ck, tmp_path):
+    src = tmp_path / "in.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "TestCam"  # Make: kept
+    Image.open(PORTRAIT).transpose(Image.Transpose.ROTATE_90).save(src, quality=90, exif=exif.tobytes())
+    out = tmp_path / "out.jpg"
+    assert main(["edit", str(src), "--valence", "0", "--arousal", "0", "-o", str(out), *ck]) == 0
+    with Image.open(out) as res:
+        assert res.getexif().get(0x0112) == 1 and res.getexif().get(0x010F) == "TestCam"
+    png = tmp_path / "in.png"
+    Image.open(PORTRAIT).save(png)
+    assert main(["edit", str(png), "--valence", "0", "--arousal", "0", "-o", str(tmp_path / "out.png"), *ck]) == 0
+    assert Image.open(tmp_path / "out.png").format == "PNG"
+
+
+def test_edit_folder_with_a_corrupt_file(ck, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    shutil.copy(PORTRAIT, folder / "a.jpg")
+    shutil.copy(PORTRAIT2, folder / "sub" / "b.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (folder / "notes.txt").write_text("not an image, not counted")
+    out = tmp_path / "out"
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 1
+    captured = capsys.readouterr()
+    assert (out / "a.jpg").is_file() and (out / "sub" / "b.jpg").is_file()
+    assert not (out / "broken.jpg").exists() and not (out / "notes.txt").exists()
+    problems = [line for line in captured.err.splitlines() if "broken.jpg" in line]
+    assert len(problems) == 1 and "Traceback" not in captured.err
+    assert "2 of 3" in captured.out
+    # rerun: existing outputs are failures without --force, and are redone with it
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 1
+    assert "already exists" in capsys.readouterr().err
+    (folder / "broken.jpg").unlink()
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), "--force", *ck]) == 0
+
+
+def test_edit_option_errors(ck, tmp_path, capsys):
+    out = str(tmp_path / "x.jpg")
+    assert main(["edit", str(PORTRAIT), "--emotion", "gleeful", "-o", out, *ck]) == 2
+    err = capsys.readouterr().err
+    assert "unknown emotion 'gleeful'" in err and "happy" in err and "disgusted" in err
+    assert main(["edit", str(PORTRAIT), "--valence", "0.5", "-o", out, *ck]) == 2
+    assert "--arousal" in capsys.readouterr().err
+    assert main(["edit", str(PORTRAIT), "--valence", "1.5", "--arousal", "0", "-o", out, *ck]) == 2
+    assert "valence must be in [-1, 1]" in capsys.readouterr().err
+    assert main(["edit", str(PORTRAIT), "--emotion", "happy", "--valence", "1", "--arousal", "0", "-o", out, *ck]) == 2
+    assert main(["edit", str(tmp_path / "missing.jpg"), "--emotion", "happy", "-o", out, *ck]) == 2
+    assert "not found" in capsys.readouterr().err
+    if not (WEIGHTS_DIR / WEIGHTS_NAME).exists():
+        assert main(["edit", str(PORTRAIT), "--emotion", "happy", "-o", out]) == 2
+        assert "no bundled weights" in capsys.readouterr().err
+
+
+def test_help_lists_emotions_and_emotions_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    assert "disgusted" in capsys.readouterr().out
+    assert main(["emotions"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["emotion", "valence", "arousal"] and len(lines) == len(EMOTIONS) + 1
+    assert any(line.split()[0] == "happy" and float(line.split()[1]) == EMOTIONS["happy"][0] for line in lines[1:])
+
+
+def test_grid_and_animate_commands(ck, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert main(["grid", str(PORTRAIT), "-o", str(grid), *ck]) == 0
+    assert Image.open(grid).width > 5 * 96
+    assert main(["grid", str(PORTRAIT), "-o", str(grid), *ck]) == 2
+    gif = tmp_path / "a.gif"
+    assert main(["animate", str(PORTRAIT), "--path", "0,0 happy -0.6,-0.4", "--fps", "3", "--size", "160",
+                 "-o", str(gif), *ck]) == 0
+    with Image.open(gif) as im:
+        assert max(im.size) <= 160
+    assert main(["animate", str(PORTRAIT), "--path", "0,0", "-o", str(tmp_path / "b.gif"), *ck]) == 2
+    assert main(["animate", str(PORTRAIT), "--path", "0,0 1,1", "-o", str(tmp_path / "b.avi"), *ck]) == 2
