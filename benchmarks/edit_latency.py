@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affectedit.config import get_config  # noqa: E402
-from affectedit.data.cache import denormalize, normalize  # noqa: E402
-from affectedit.editor import Editor, open_image  # noqa: E402
-from affectedit.faces import align_faces_batch, detect_faces, paste_back  # noqa: E402
-from affectedit.networks import build_models  # noqa: E402
+from affectedit.config import get_config
+from affectedit.data.cache import denormalize, normalize
+from affectedit.editor import Editor, open_image
+from affectedit.faces import align_faces_batch, detect_faces, paste_back
+from affectedit.networks import build_models
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "london-portraits" / "images" / "neutral_front" / "001_03.jpg"
 STAGES = ["decode", "detect", "align", "network", "paste", "end-to-end"]

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 from PIL import Image
+from test_editor import PORTRAIT, PORTRAIT2, tiny_checkpoint  # noqa: F401 - the session fixture
 
 from affectedit.cli import main
 from affectedit.editor import EMOTIONS, WEIGHTS_DIR, WEIGHTS_NAME
-from test_editor import LONDON, PORTRAIT, PORTRAIT2, tiny_checkpoint  # noqa: F401 - the session fixture
 
 pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
 

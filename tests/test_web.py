@@ -21,17 +21,15 @@ PORTRAITS = DATA / "london-portraits" / "images"
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A 2-step tiny model: the edits mean nothing, but every code path runs."""
+def tiny_checkpoint(tiny_cache, tmp_path_factory) -> Path:
+    """A tiny model trained 2 steps on conftest's 16-face cache: the edits mean nothing, but every
+    code path runs."""
     from affectedit.config import get_config
-    from affectedit.data.cache import prepare
     from affectedit.train import train
 
-    tmp = tmp_path_factory.mktemp("web-model")
-    prepare(DATA / "lfw-expressions", "lfw", tmp / "cache", labels=ROOT / "data" / "lfw-expressions-va.csv",
-            split="train", size=32, limit=16, progress=False)
-    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tmp / "cache", tmp / "run", progress=False)
-    return tmp / "run" / "checkpoint.pt"
+    run = tmp_path_factory.mktemp("web-model") / "run"
+    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, run, progress=False)
+    return run / "checkpoint.pt"
 
 
 @pytest.fixture(scope="module")

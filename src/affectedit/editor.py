@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -32,15 +33,15 @@ from affectedit.io import atomic_path
 
 __all__ = [
     "EMOTIONS",
-    "emotion",
+    "WEIGHTS_DIR",
+    "WEIGHTS_JSON",
+    "WEIGHTS_NAME",
     "Editor",
+    "emotion",
+    "emotion_table",
     "export_weights",
     "open_image",
     "parse_path",
-    "emotion_table",
-    "WEIGHTS_DIR",
-    "WEIGHTS_NAME",
-    "WEIGHTS_JSON",
 ]
 
 # ----------------------------------------------------------------------------------- vocabulary
@@ -314,7 +315,7 @@ class Editor:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto") -> "Editor":
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto") -> Editor:
         """Load a training checkpoint (``runs/NAME/checkpoint.pt`` or its folder) or an exported
         weights file.  An exported file with its ``affectedit.json`` beside it is checksum-verified."""
         from affectedit.train import load_checkpoint, models_from_checkpoint
@@ -333,7 +334,7 @@ class Editor:
         return editor
 
     @classmethod
-    def from_pretrained(cls, device=None, precision: str = "auto", weights_dir: str | os.PathLike | None = None) -> "Editor":
+    def from_pretrained(cls, device=None, precision: str = "auto", weights_dir: str | os.PathLike | None = None) -> Editor:
         """Load the bundled weights (``affectedit/weights/affectedit.pt``; ``weights_dir`` overrides the
         folder), after verifying their sha256 against ``affectedit.json``."""
         folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
@@ -598,7 +599,7 @@ class Editor:
 def _path_labels(points: list[tuple[float, float]], frames_per_segment: int) -> list[tuple[float, float]]:
     """Labels along a polyline in label space, smoothstep-eased per segment, ending on the last point."""
     labels = []
-    for (v0, a0), (v1, a1) in zip(points[:-1], points[1:]):
+    for (v0, a0), (v1, a1) in itertools.pairwise(points):
         for k in range(frames_per_segment):
             t = k / frames_per_segment
             s = t * t * (3.0 - 2.0 * t)  # eases in and out: the face rests briefly at each point
@@ -654,7 +655,7 @@ def _font(size: int):
 
 def _text_size(font, text: str) -> tuple[int, int]:
     x0, y0, x1, y1 = font.getbbox(text)
-    return int(math.ceil(x1 - min(0, x0))), int(math.ceil(y1 - min(0, y0)))
+    return math.ceil(x1 - min(0, x0)), math.ceil(y1 - min(0, y0))
 
 
 def parse_path(text: str) -> list[tuple[float, float]]:

@@ -23,9 +23,14 @@ def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).mean(1)
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    """Losses are computed in float32 at least (half-precision activations under autocast)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def reconstruction_loss(x: torch.Tensor, x_gen: torch.Tensor) -> torch.Tensor:
     """L_rec per sample: mean |x - x_gen| over pixels. x, x_gen: N x 3 x S x S in [-1, 1]."""
-    return _per_sample_mean((x.float() - x_gen.float()).abs())
+    return _per_sample_mean((_f32(x) - _f32(x_gen)).abs())
 
 
 def identity_loss(features_real: list[torch.Tensor], features_gen: list[torch.Tensor]) -> torch.Tensor:
@@ -33,12 +38,12 @@ def identity_loss(features_real: list[torch.Tensor], features_gen: list[torch.Te
     normalises by its size, as the authors' code divides by the spatial size)."""
     total = 0
     for a, b in zip(features_real, features_gen, strict=True):
-        total = total + _per_sample_mean((a.float() - b.float()).abs())
+        total = total + _per_sample_mean((_f32(a) - _f32(b)).abs())
     return total
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    logits = logits.float()
+    logits = _f32(logits)
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none")
 
 

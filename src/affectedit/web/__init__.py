@@ -5,9 +5,9 @@ vanilla JavaScript, ``static/``) and one JSON/binary endpoint. Why not Gradio, t
 convention: the one widget that matters, a draggable 2-D disc labelled with emotion words, is
 not a Gradio component, so it would be custom HTML/JS inside Gradio anyway, behind a large
 dependency tree (FastAPI, uvicorn, pandas, httpx, ...) with its own upload handling, temp-file
-cache and frequent breaking releases. Here the page is ~300 lines we control, the server adds no
-dependency, and the security-relevant parts (upload limit, image checks, which files are served)
-are a few explicit lines that the tests exercise. Throughput is not the point: inference is
+cache and frequent breaking releases. Here the page is ~400 lines of HTML, CSS and JS we control,
+the server adds no dependency, and the security-relevant parts (upload limit, image checks, which
+files are served) are a few explicit lines that the tests exercise. Throughput is not the point: inference is
 serialised behind one lock, so a thread per connection plus a bound on waiting requests
 (``MAX_PENDING``, each holding at most one upload; the rest get 503) is all the concurrency a
 local tool needs.
