@@ -62,7 +62,8 @@ class LabelColour(torch.nn.Module):
 
 @pytest.fixture()
 def colour_editor(tiny_checkpoint) -> Editor:
-    e = Editor.from_checkpoint(tiny_checkpoint, device="cpu")
+    # paper mode: the output is the generator's own image, whose colour encodes the label
+    e = Editor.from_checkpoint(tiny_checkpoint, device="cpu", mode="paper")
     e.generator = LabelColour(e.image_size)
     return e
 
@@ -286,3 +287,22 @@ def test_export_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path
         Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w")
     with pytest.raises(UserError, match="no bundled weights"):
         Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "nothing")
+
+
+def test_residual_mode_adds_the_generators_change(tiny_checkpoint, editor):
+    """x + (G(z, y) - G(z, y_x)): with the target equal to the estimated own label nothing changes;
+    otherwise the change equals the difference of the two generations."""
+    from affectedit.data.cache import FaceCache  # noqa: F401 - the cache module provides normalize
+
+    x = torch.rand(2, 3, editor.image_size, editor.image_size) * 1.6 - 0.8
+    own = editor.estimate_labels(x)
+    assert own.shape == (2, 2) and own.abs().max() <= 1
+    same = editor.edit_crops(x, own, mode="residual")
+    assert torch.allclose(same, x, atol=1e-5)
+    target = torch.tensor([0.9, 0.5])
+    out = editor.edit_crops(x, target, mode="residual")
+    z = editor.encode(x)
+    expect = (x + editor.generate(z, target) - editor.generate(z, own)).clamp(-1, 1)
+    assert torch.allclose(out, expect, atol=1e-5)
+    with pytest.raises(UserError, match="mode"):
+        editor.edit_crops(x, target, mode="magic")

@@ -5,6 +5,11 @@ align it to the model's S x S crop, run x_gen = G(E(x), y) for all faces in ONE 
 pass, and blend each edited crop back into the ORIGINAL full-resolution photo (``faces.paste_back``:
 pixels outside the feathered face ellipse stay byte-identical).
 
+Two edit modes (``Editor(mode=...)``): "paper" replaces the face by G(E(x), y) as Lindt et al. do;
+"residual" (default, ours) adds only the generator's change between the face's own expression and
+the target, G(E(x), y) - G(E(x), y_x), to the sharp input, which keeps identity, detail and
+background (see ``edit_crops``; the evaluation report compares the two).
+
 Valence (unpleasant -1 .. pleasant +1) and arousal (calm -1 .. excited +1) are the paper's
 continuous labels; ``EMOTIONS`` names points of that plane for people who think in words.
 
@@ -43,6 +48,16 @@ __all__ = [
     "open_image",
     "parse_path",
 ]
+
+# ----------------------------------------------------------------------------------- modes
+
+#: "residual" (default, ours): apply only the generator's change between the face's own and the
+#: target expression; "paper": regenerate the whole crop, x_gen = G(E(x), y), as Lindt et al.
+MODES = ("residual", "paper")
+#: Candidate labels for estimating the expression a face already shows (see estimate_labels).
+LABEL_GRID = torch.tensor([[v, a] for v in (-0.6, 0.0, 0.4, 0.8) for a in (-0.3, 0.1, 0.5, 0.9)], dtype=torch.float32)
+#: Largest side of the sharp face crop a residual edit is applied to before pasting back.
+MAX_PASTE_SIDE = 512
 
 # ----------------------------------------------------------------------------------- vocabulary
 
@@ -300,9 +315,15 @@ class Editor:
     Tensor-level: ``edit_crops(crops, labels)`` on aligned S x S crops (e.g. cache images)."""
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
-                 precision: str = "auto", batch_size: int = 64):
+                 precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float = 1.0):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not (math.isfinite(strength) and 0 < strength <= 4):
+            raise UserError(f"strength must be in (0, 4], got {strength!r}")
+        self.mode = mode
+        self.strength = float(strength)
         self.device = _pick_device(device)
         self.precision = precision
         self.config = config
@@ -315,7 +336,7 @@ class Editor:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto") -> Editor:
+    def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto", **options) -> Editor:
         """Load a training checkpoint (``runs/NAME/checkpoint.pt`` or its folder) or an exported
         weights file.  An exported file with its ``affectedit.json`` beside it is checksum-verified."""
         from affectedit.train import load_checkpoint, models_from_checkpoint
@@ -329,12 +350,12 @@ class Editor:
         state = load_checkpoint(path)
         dev = _pick_device(device)
         cfg, models = models_from_checkpoint(state, ("encoder", "generator"), device=dev)
-        editor = cls(models["encoder"], models["generator"], cfg, dev, precision)
+        editor = cls(models["encoder"], models["generator"], cfg, dev, precision, **options)
         editor.step = int(state.get("step", 0) or 0)
         return editor
 
     @classmethod
-    def from_pretrained(cls, device=None, precision: str = "auto", weights_dir: str | os.PathLike | None = None) -> Editor:
+    def from_pretrained(cls, device=None, precision: str = "auto", weights_dir: str | os.PathLike | None = None, **options) -> Editor:
         """Load the bundled weights (``affectedit/weights/affectedit.pt``; ``weights_dir`` overrides the
         folder), after verifying their sha256 against ``affectedit.json``."""
         folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
@@ -348,7 +369,7 @@ class Editor:
         if not meta.is_file():
             raise UserError(f"{meta} is missing, so the weights {pt} cannot be verified; reinstall affectedit or export the weights again")
         _verify(pt, meta)
-        return cls.from_checkpoint(pt, device=device, precision=precision)
+        return cls.from_checkpoint(pt, device=device, precision=precision, **options)
 
     def save_pretrained(self, out_dir: str | os.PathLike, force: bool = True) -> Path:
         """Write this editor's E and G as ``out_dir/affectedit.pt`` (fp16) + ``affectedit.json``
@@ -404,25 +425,45 @@ class Editor:
         return torch.cat(out) if out else torch.zeros(0, 3, S, S)
 
     @torch.inference_mode()
-    def edit_crops(self, crops, labels) -> torch.Tensor:
-        """x_gen = G(E(x), y) for aligned crops: N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3, as
-        in a face cache), labels N x 2 (valence, arousal) in [-1, 1] or one pair for all.
-        Returns N x 3 x S x S in [-1, 1] on the CPU; batched by ``batch_size``."""
+    def estimate_labels(self, crops, z: torch.Tensor | None = None) -> torch.Tensor:
+        """The (valence, arousal) each face already shows, by analysis-by-synthesis: the label of
+        ``LABEL_GRID`` whose generation G(E(x), y) is closest (L1) to the crop x. N x 2, CPU."""
+        x = self._as_crops(crops)
+        z = self.encode(x) if z is None else z
+        grid = LABEL_GRID
+        k = len(grid)
+        gen = self.generate(z.repeat_interleave(k, 0), grid.repeat(len(z), 1))
+        err = (gen.view(len(z), k, -1) - x.view(len(z), 1, -1)).abs().mean(2)
+        return grid[err.argmin(1)]
+
+    @torch.inference_mode()
+    def edit_crops(self, crops, labels, mode: str | None = None, strength: float | None = None) -> torch.Tensor:
+        """Edit aligned crops: N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3, as in a face cache),
+        labels N x 2 (valence, arousal) in [-1, 1] or one pair for all. Returns N x 3 x S x S in
+        [-1, 1] on the CPU; batched by ``batch_size``.
+
+        mode "paper": x_gen = G(E(x), y), the paper's edit (the whole crop is regenerated).
+        mode "residual" (default): x + strength * (G(E(x), y) - G(E(x), y_x)), where y_x is the label
+        the face already shows (``estimate_labels``). Only the change the generator makes between
+        the two expressions is applied, so the input's own detail, identity and background survive
+        where the paper's reconstruction would blur them."""
+        mode = mode or self.mode
+        strength = self.strength if strength is None else float(strength)
+        if mode not in MODES:
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         x = self._as_crops(crops)
         y = _check_labels(labels, len(x))
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            xb, yb = x[i:i + self.batch_size].to(self.device), y[i:i + self.batch_size].to(self.device)
-            with self._autocast():
-                g = self.generator(self.encoder(xb), yb)
-            out.append(g.float().clamp_(-1, 1).cpu())
-        S = self.image_size
-        return torch.cat(out) if out else torch.zeros(0, 3, S, S)
+        z = self.encode(x)
+        target = self.generate(z, y)
+        if mode == "paper":
+            return target
+        source = self.generate(z, self.estimate_labels(x, z))
+        return (x + strength * (target - source)).clamp_(-1, 1)
 
     def reconstruct(self, crops, labels) -> torch.Tensor:
         """G(E(x), y_x) with each crop's own label: the paper's reconstruction (L_rec, eq. 1).
         Same shapes and ranges as ``edit_crops``."""
-        return self.edit_crops(crops, labels)
+        return self.edit_crops(crops, labels, mode="paper")
 
     # ------------------------------------------------------------------ photos
 
@@ -465,8 +506,23 @@ class Editor:
         photo, name = _as_image(image)
         rgb = photo.convert("RGB") if photo.mode != "RGB" else photo
         faces = self._faces(rgb, name, face)
-        edited = self.edit_crops(self._crops(rgb, faces), torch.tensor([v, a]))
-        return _restore_mode(self._paste(rgb, faces, edited), photo)
+        x = self._crops(rgb, faces)
+        if self.mode == "paper":
+            edited = self.edit_crops(x, torch.tensor([v, a]))
+            return _restore_mode(self._paste(rgb, faces, edited), photo)
+        # Residual edit at the photo's own resolution: the change (S x S) is upsampled onto a
+        # sharp aligned crop of the face, so no detail is lost to the model's small resolution.
+        change = self.edit_crops(x, torch.tensor([v, a])) - x
+        from affectedit.faces import align_face, paste_back
+
+        out = rgb
+        for f, delta in zip(faces, change):
+            side = int(min(max(round(1.0 / f.scale), self.image_size), MAX_PASTE_SIDE))
+            sharp = np.asarray(align_face(rgb, f, side), dtype=np.float32)
+            up = torch.nn.functional.interpolate(delta[None], size=(side, side), mode="bilinear", align_corners=False)[0]
+            crop = np.clip(sharp + up.permute(1, 2, 0).numpy() * 127.5, 0, 255).round().astype(np.uint8)
+            out = paste_back(out, f, Image.fromarray(crop, "RGB"))
+        return _restore_mode(out, photo)
 
     def edit_aligned(self, crop, valence: float, arousal: float) -> Image.Image:
         """Edit an already aligned face crop (PIL image or H x W x 3 uint8 array, square, dlib
