@@ -1,5 +1,6 @@
 """The training engine: losses, resume exactness, data parallel equivalence, overfitting real faces."""
 import os
+import socket
 import subprocess
 import sys
 
@@ -121,21 +122,31 @@ def test_overfit_eight_real_faces(tiny_cache, tmp_path):
 def test_two_process_data_parallel_matches_one_process(tiny_cache, tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch follows the 1-process run.
 
-    Tolerance 1e-4 (absolute) on every weight after 3 Adam steps: the processes sum gradients
-    in another order, and Adam's normalisation can magnify float rounding of tiny gradients."""
-    args = ["--config", "tiny", "--data", str(tiny_cache), "--set", "loss.identity=0", "--steps", "3", "--no-progress"]
+    Tolerance: |a - b| <= 2e-5 + 1e-4 |b| on every weight and batch-norm statistic after 3 Adam
+    steps (lr 2e-4, so a step moves a weight by up to ~2e-4; running variances are large numbers). Adam's eps is raised to 1e-3 here: the
+    biases in front of batch norm have a true gradient of zero, which the two runs round
+    differently (~1e-9), and with eps 1e-8 Adam would blow that rounding up into full +-lr steps."""
+    args = ["--config", "tiny", "--data", str(tiny_cache), "--set", "loss.identity=0", "--set", "train.adam_eps=1e-3",
+            "--steps", "3", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "affectedit", "train", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    with socket.socket() as sock:  # a free loopback port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(port),
                           "-m", "affectedit", "train", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     _, a = _weights(tmp_path / "one")
     _, b = _weights(tmp_path / "two")
-    worst = max((a[n][k].float() - b[n][k].float()).abs().max().item() for n in a for k in a[n] if a[n][k].is_floating_point())
-    assert worst < 1e-4, f"largest weight difference {worst}"
+    for n in a:
+        for k in a[n]:
+            if a[n][k].is_floating_point():
+                diff = (a[n][k] - b[n][k]).abs().max().item()
+                assert torch.allclose(a[n][k], b[n][k], rtol=1e-4, atol=2e-5), f"{n}.{k} differs by {diff}"
     # and the runs did move the weights (the comparison is not vacuous)
     fresh = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     assert fresh["step"] == 3

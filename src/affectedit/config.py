@@ -46,6 +46,7 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    adam_eps: float = 1e-8
     steps: int = 100_000
     seed: int = 0
     mixed_precision: str = "no"       # "no", "bf16" or "fp16" (passed to Accelerate)

@@ -158,7 +158,9 @@ def open_image(path: str | os.PathLike) -> Image.Image:
         img = Image.open(path)
         img.load()
     except Image.DecompressionBombError:
-        raise UserError(f"{path} is too large to edit safely ({Image.MAX_IMAGE_PIXELS} pixels at most)") from None
+        # Pillow refuses images over twice MAX_IMAGE_PIXELS before decoding a single pixel.
+        limit = 2 * Image.MAX_IMAGE_PIXELS // 1_000_000
+        raise UserError(f"{path} declares too many pixels to edit safely (over {limit} megapixels); resize it first") from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise all three on damaged files
         raise UserError(f"cannot read {path}: not an image or damaged ({type(e).__name__})") from None
     return img
@@ -173,12 +175,23 @@ def _upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
 
 
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale images as 8-bit "L" (Pillow's own conversion clips 16-bit
+    values at 255, which turns a 16-bit portrait white)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img
+    a = np.asarray(img, dtype=np.float64)
+    top = 1.0 if img.mode == "F" and a.max(initial=0) <= 1.0 else 255.0 if a.max(initial=0) <= 255 else 65535.0
+    return Image.fromarray(np.clip(a * (255.0 / top), 0, 255).round().astype(np.uint8), "L")
+
+
 def _as_image(image, what: str = "image") -> tuple[Image.Image, str]:
-    """PIL image (upright) and a name for messages, from a PIL image, an H x W x 3 uint8 array or a path."""
+    """PIL image (upright, 8 bits per channel) and a name for messages, from a PIL image, an
+    H x W x 3 uint8 array or a path."""
     if isinstance(image, (str, os.PathLike)):
-        return _upright(open_image(image)), str(image)
+        return _eight_bit(_upright(open_image(image))), str(image)
     if isinstance(image, Image.Image):
-        return _upright(image), getattr(image, "filename", "") or what
+        return _eight_bit(_upright(image)), getattr(image, "filename", "") or what
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise UserError(f"{what} array must be H x W x 3 uint8 (RGB), got {image.shape} {image.dtype}")
@@ -304,6 +317,51 @@ def _pick_device(device) -> torch.device:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _ThreadPolicy:
+    """How many torch threads one inference call on the CPU gets, when the Editor is not told.
+
+    Measured on the 2-core machine this project is built on (benchmarks/run.py): while other jobs
+    keep a core busy, 2 OpenMP threads run the networks 2-8x SLOWER than 1 thread (every parallel
+    region waits for the thread the OS has descheduled), while on idle cores the second thread
+    helps.  So the Editor uses the cores that are idle: the CPUs it may run on minus the load of
+    OTHER processes, at least 1 and at most torch's current setting.  The load of others is the
+    1-minute load average less this process's own share of it, an average of this process's CPU
+    use with the same 1-minute time constant.  ``Editor(threads=N)`` fixes N instead."""
+
+    TAU = 60.0  # seconds: the time constant of the kernel's 1-minute load average
+
+    def __init__(self):
+        import time
+
+        self._t, self._cpu, self._own = time.monotonic(), time.process_time(), 0.0
+
+    def __call__(self, ceiling: int) -> int:
+        import time
+
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return ceiling
+        now, cpu = time.monotonic(), time.process_time()
+        dt = now - self._t
+        if dt > 0.5:
+            w = math.exp(-dt / self.TAU)
+            self._own = self._own * w + (cpu - self._cpu) / dt * (1 - w)
+            self._t, self._cpu = now, cpu
+        free = _cpu_count() - max(0.0, load - self._own)
+        return max(1, min(ceiling, int(free + 0.5)))
+
+
+_auto_threads = _ThreadPolicy()
+
+
 # ----------------------------------------------------------------------------------- editor
 
 
@@ -312,10 +370,15 @@ class Editor:
 
     ``Editor.from_pretrained()`` or ``Editor.from_checkpoint(path)``; then ``edit(photo, valence,
     arousal)`` -> PIL image, ``grid(photo)`` (the paper's Fig. 3), ``animate(photo, path, out)``.
-    Tensor-level: ``edit_crops(crops, labels)`` on aligned S x S crops (e.g. cache images)."""
+    Tensor-level: ``edit_crops(crops, labels)`` on aligned S x S crops (e.g. cache images).
+
+    Speed (benchmarks/run.py): on the CPU the networks run in fp32 with the channels_last layout
+    (``precision="auto"``; "fp32" is the same arithmetic, "bf16" is opt-in), with as many torch
+    threads as there are idle cores (``threads=None``; see ``_ThreadPolicy``) or ``threads=N``."""
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
-                 precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float = 1.0):
+                 precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float = 1.0,
+                 threads: int | None = None):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES:
@@ -329,8 +392,15 @@ class Editor:
         self.config = config
         self.image_size = int(config.model.image_size)
         self.batch_size = int(batch_size)
-        self.encoder = encoder.to(self.device).eval()
-        self.generator = generator.to(self.device).eval()
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise UserError(f"threads must be a positive integer (or None: the idle cores), got {threads!r}")
+        self.threads = None if threads is None else int(threads)
+        # channels_last (NHWC): oneDNN's fast layout for these convolutions and transposed
+        # convolutions on the CPU, ~2x over NCHW at the same fp32 arithmetic (benchmarks/run.py).
+        self.channels_last = self.device.type == "cpu"
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.encoder = encoder.to(self.device).eval().to(memory_format=fmt)
+        self.generator = generator.to(self.device).eval().to(memory_format=fmt)
         self.step = 0  # training step of the loaded weights (kept by save_pretrained)
 
     # ------------------------------------------------------------------ loading
@@ -380,10 +450,33 @@ class Editor:
     # ------------------------------------------------------------------ tensors
 
     def _autocast(self):
-        """The one place that decides the numeric precision of inference.  "auto" is fp32 for now."""
+        """The one place that decides the numeric precision of inference.
+
+        "auto" is fp32 (with the channels_last layout on the CPU, see __init__): it is the fastest
+        path measured on the CPU we have (Xeon, AVX-512 without AVX512_BF16/AMX), where bf16 is
+        emulated: a large convolution reached 13 GFLOP/s in bf16 against 50 in fp32, and the
+        networks ran 1.3-3x slower under bf16 autocast.  A CPU with AMX or a GPU may well be faster
+        in bf16, but that is unmeasured here; ask for it with precision="bf16"."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """torch's CPU thread count for one inference call (see ``_ThreadPolicy``); restored after."""
+        if self.device.type != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        n = self.threads if self.threads is not None else _auto_threads(before)
+        if n == before:
+            yield
+            return
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def _as_crops(self, crops) -> torch.Tensor:
         """N x 3 x S x S float in [-1, 1] from such a tensor or from uint8 N x S x S x 3 (cache images)."""
@@ -407,9 +500,12 @@ class Editor:
         """z = E(x): crops N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3) -> N x z_dim in [-1, 1] (CPU)."""
         x = self._as_crops(crops)
         out = []
-        for i in range(0, len(x), self.batch_size):
-            with self._autocast():
-                out.append(self.encoder(x[i:i + self.batch_size].to(self.device)).float().cpu())
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        with self._threads():
+            for i in range(0, len(x), self.batch_size):
+                with self._autocast():
+                    xi = x[i:i + self.batch_size].to(self.device).contiguous(memory_format=fmt)
+                    out.append(self.encoder(xi).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.config.model.z_dim)
 
     @torch.inference_mode()
@@ -417,10 +513,11 @@ class Editor:
         """x_gen = G(z, y): z N x z_dim, labels N x 2 (or one pair) -> N x 3 x S x S in [-1, 1] (CPU)."""
         y = _check_labels(labels, len(z))
         out = []
-        for i in range(0, len(z), self.batch_size):
-            with self._autocast():
-                g = self.generator(z[i:i + self.batch_size].to(self.device).float(), y[i:i + self.batch_size].to(self.device))
-            out.append(g.float().clamp_(-1, 1).cpu())
+        with self._threads():
+            for i in range(0, len(z), self.batch_size):
+                with self._autocast():
+                    g = self.generator(z[i:i + self.batch_size].to(self.device).float(), y[i:i + self.batch_size].to(self.device))
+                out.append(g.float().clamp_(-1, 1).cpu().contiguous())
         S = self.image_size
         return torch.cat(out) if out else torch.zeros(0, 3, S, S)
 
@@ -430,11 +527,9 @@ class Editor:
         ``LABEL_GRID`` whose generation G(E(x), y) is closest (L1) to the crop x. N x 2, CPU."""
         x = self._as_crops(crops)
         z = self.encode(x) if z is None else z
-        grid = LABEL_GRID
-        k = len(grid)
-        gen = self.generate(z.repeat_interleave(k, 0), grid.repeat(len(z), 1))
-        err = (gen.view(len(z), k, -1) - x.view(len(z), 1, -1)).abs().mean(2)
-        return grid[err.argmin(1)]
+        k = len(LABEL_GRID)
+        gen = self.generate(z.repeat_interleave(k, 0), LABEL_GRID.repeat(len(z), 1))
+        return LABEL_GRID[_closest(gen.view(len(z), k, -1), x)]
 
     @torch.inference_mode()
     def edit_crops(self, crops, labels, mode: str | None = None, strength: float | None = None) -> torch.Tensor:
@@ -454,10 +549,14 @@ class Editor:
         x = self._as_crops(crops)
         y = _check_labels(labels, len(x))
         z = self.encode(x)
-        target = self.generate(z, y)
         if mode == "paper":
-            return target
-        source = self.generate(z, self.estimate_labels(x, z))
+            return self.generate(z, y)
+        # One batched pass of G over the targets and every candidate own label (estimate_labels);
+        # the source G(z, y_x) is the candidate that wins, so it is not generated again.
+        n, k = len(x), len(LABEL_GRID)
+        gen = self.generate(torch.cat([z, z.repeat_interleave(k, 0)]), torch.cat([y, LABEL_GRID.repeat(n, 1)]))
+        target, cand = gen[:n], gen[n:].view(n, k, *gen.shape[1:])
+        source = cand[torch.arange(n), _closest(cand.view(n, k, -1), x)]
         return (x + strength * (target - source)).clamp_(-1, 1)
 
     def reconstruct(self, crops, labels) -> torch.Tensor:
@@ -650,6 +749,11 @@ class Editor:
             else:
                 _write_mp4(tmp, frames, fps)
         return out
+
+
+def _closest(candidates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Index (N) of the candidate (N x k x D) closest in mean absolute difference to each crop of x."""
+    return (candidates - x.reshape(len(x), 1, -1)).abs().mean(2).argmin(1)
 
 
 def _path_labels(points: list[tuple[float, float]], frames_per_segment: int) -> list[tuple[float, float]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -17,6 +18,8 @@ def atomic_path(path: str | os.PathLike, force: bool = True):
     ``force=False`` an existing ``path`` is an error (nothing the user made is overwritten).
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name as the output")
     if not force and path.exists():
         raise UserError(f"{path} already exists; pass --force to overwrite it")
     folder = path.parent if str(path.parent) else Path(".")
@@ -26,6 +29,8 @@ def atomic_path(path: str | os.PathLike, force: bool = True):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=folder)
     except PermissionError:
         raise UserError(f"cannot write to {folder}: permission denied; choose another output path") from None
+    except OSError as e:  # read-only file system, /proc, a file where a folder should be, ...
+        raise UserError(f"cannot write to {folder}: {e.strerror or type(e).__name__}; choose another output path") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -33,7 +38,7 @@ def atomic_path(path: str | os.PathLike, force: bool = True):
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if e.errno == 28:  # ENOSPC
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"disk full while writing {path}; free some space and retry (the old file is untouched)") from None
         raise
     except BaseException:

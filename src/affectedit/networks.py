@@ -30,24 +30,31 @@ class _SyncBatchNormMixin:
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)  # type: ignore[misc]
+        import warnings
+
         from torch.distributed.nn.functional import all_reduce
 
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
-        count = torch.tensor([float(xf.numel() // xf.shape[1])], device=x.device)
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
-        stats = all_reduce(stats)  # sums over processes, with gradient
         c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        count = torch.tensor([float(xf.numel() // c)], device=x.device)
+        with warnings.catch_warnings():  # deprecated in favour of a private API; still the public one
+            warnings.simplefilter("ignore", FutureWarning)
+            # Two passes (mean, then squared deviations), all-reduced with gradient, as native
+            # batch norm computes them: E[x^2] - E[x]^2 would lose precision.
+            sums = all_reduce(torch.cat([xf.sum(dims), count]))
+            n = sums[-1]
+            mean = sums[:c] / n
+            shape = [1, c] + [1] * (x.dim() - 2)
+            centred = xf - mean.view(shape)
+            var = all_reduce((centred * centred).sum(dims)) / n
         with torch.no_grad():
             m = self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach() * m)
             self.running_var.mul_(1 - m).add_(var.detach() * m * n / max(n.item() - 1, 1))
             self.num_batches_tracked.add_(1)
         shape = [1, c] + [1] * (x.dim() - 2)
-        y = (xf - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        y = centred / torch.sqrt(var.view(shape) + self.eps)
         y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 

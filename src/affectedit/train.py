@@ -87,6 +87,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise UserError(f"checkpoint {path} is corrupt or not an affectedit checkpoint ({type(e).__name__}); retrain or restore it") from None
+    if isinstance(state, dict) and state.get("kind") == "regressor":
+        raise UserError(f"{path} is a valence/arousal regressor, not an editing model; pass a checkpoint written by `affectedit train`")
     if not isinstance(state, dict) or "config" not in state or "models" not in state:
         raise UserError(f"{path} is not an affectedit checkpoint (no config/models inside)")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -96,8 +98,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def models_from_checkpoint(state: dict, names=("encoder", "generator"), device: str | torch.device = "cpu") -> tuple[Config, dict]:
     """Rebuild networks from the config stored inside a checkpoint and load their weights."""
-    cfg = Config.from_dict(state["config"])
-    models = build_models(cfg.model)
+    try:
+        cfg = Config.from_dict(state["config"])
+        models = build_models(cfg.model)
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise UserError(f"the config stored in the checkpoint is not valid ({type(e).__name__}: {e}); retrain or restore it") from None
     out = {}
     for name in names:
         if name not in state["models"]:
@@ -105,8 +110,12 @@ def models_from_checkpoint(state: dict, names=("encoder", "generator"), device: 
         try:
             weights = {k: v.float() for k, v in state["models"][name].items()}
             models[name].load_state_dict(weights)
-        except RuntimeError as e:
-            raise UserError(f"checkpoint weights do not fit its own config ({str(e).splitlines()[0]}); the file is damaged") from None
+        except (RuntimeError, AttributeError, TypeError) as e:
+            # load_state_dict's first line only names the module; the next names the first bad tensor.
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+            raise UserError(f"the {name} weights in the checkpoint do not fit the config stored with them ({detail[:200]}); "
+                            "the file is damaged or from another configuration: retrain or restore it") from None
         out[name] = models[name].to(device).eval()
     return cfg, out
 
@@ -186,6 +195,8 @@ def train(
     ckpt_path = out_dir / CHECKPOINT_NAME
 
     cache = FaceCache(data)
+    if not np.isfinite(cache.labels).all():
+        raise UserError(f"cache {data} has faces without valence/arousal labels (e.g. CelebA); train on a labelled cache")
     if cache.size != mc.image_size:
         raise UserError(f"cache {data} holds {cache.size}x{cache.size} faces but model.image_size is {mc.image_size}; "
                         f"prepare the data with --size {mc.image_size} or pick another config")
@@ -196,9 +207,9 @@ def train(
     torch.manual_seed(tc.seed)
     models = build_models(mc)
     optimizers = {
-        "eg": torch.optim.Adam(list(models["encoder"].parameters()) + list(models["generator"].parameters()), tc.lr, (tc.beta1, tc.beta2)),
-        "d_z": torch.optim.Adam(models["d_z"].parameters(), tc.lr, (tc.beta1, tc.beta2)),
-        "d_img": torch.optim.Adam(models["d_img"].parameters(), tc.lr, (tc.beta1, tc.beta2)),
+        "eg": torch.optim.Adam(list(models["encoder"].parameters()) + list(models["generator"].parameters()), tc.lr, (tc.beta1, tc.beta2), eps=tc.adam_eps),
+        "d_z": torch.optim.Adam(models["d_z"].parameters(), tc.lr, (tc.beta1, tc.beta2), eps=tc.adam_eps),
+        "d_img": torch.optim.Adam(models["d_img"].parameters(), tc.lr, (tc.beta1, tc.beta2), eps=tc.adam_eps),
     }
     start = 0
     if resume and ckpt_path.exists():
@@ -210,6 +221,8 @@ def train(
             m.load_state_dict(state["models"][k])
         for k, o in optimizers.items():
             o.load_state_dict(state["optimizers"][k])
+            for group in o.param_groups:  # the config's lr, not the saved one: "resume with a lower train.lr" must work
+                group["lr"], group["betas"] = tc.lr, (tc.beta1, tc.beta2)
         start = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(("MT19937", np.array(state["rng"]["numpy"], dtype=np.uint32), state["rng"]["numpy_pos"]))
@@ -220,6 +233,8 @@ def train(
 
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp*"):  # left by a run killed while saving
+            stale.unlink(missing_ok=True)
         with atomic_path(out_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
     if identity_net is None and lc.identity > 0:
@@ -259,6 +274,11 @@ def train(
         if accelerator.is_main_process:
             unwrapped = {"encoder": encoder, "generator": generator, "d_z": d_z, "d_img": d_img}
             unwrapped = {k: accelerator.unwrap_model(m) for k, m in unwrapped.items()}
+            for k, m in unwrapped.items():  # never replace the last good checkpoint by a diverged one
+                if not all(torch.isfinite(t).all() for t in m.state_dict().values() if t.is_floating_point()):
+                    raise TrainingDiverged(
+                        f"the {k} weights became NaN or infinite by step {step}; the last good checkpoint (step {last_saved}) "
+                        f"is kept in {out_dir}. Resume with a lower train.lr or train.mixed_precision=no")
             save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
         last_saved = step
 

@@ -1,4 +1,5 @@
-"""`affectedit regressor ...`: train and score the paper's valence/arousal regressors (Table II/III).
+"""`affectedit regressor ...`: train and score the paper's valence/arousal regressors (Table II/III);
+`affectedit evaluate`: the paper's evaluation of an editor checkpoint (Tables III, IV, Fig. 2, 3).
 
 Each command group has its own ``_register_*`` function; ``register`` calls them all, so another
 group (e.g. ``affectedit evaluate``) is one more function and one more line in ``register``.
@@ -13,6 +14,71 @@ from affectedit.errors import UserError
 
 def register(subparsers) -> None:
     _register_regressor(subparsers)
+    _register_evaluate(subparsers)
+
+
+# ---------------------------------------------------------------------------------------------
+# affectedit evaluate
+
+def _register_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a trained editor as the paper does (Tables III/IV, Fig. 2 heatmaps, identity, background)",
+        description="Edit held-out faces to a grid of valence/arousal labels with each edit mode, score the "
+        "edits with the valence/arousal regressors (paper Table IV), draw the Fig. 2 heatmaps and Fig. 3 "
+        "grids, and measure identity (dlib descriptor distance) and background change. Writes "
+        "OUTPUT/README.md, OUTPUT/metrics.json and PNG figures.",
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="editor checkpoint (runs/NAME/checkpoint.pt or its folder) or exported weights")
+    parser.add_argument("--data", required=True, metavar="CACHE",
+                        help="labelled validation cache at the model's image size (made by `affectedit prepare`)")
+    parser.add_argument("--regressors", required=True, nargs="+", metavar="PATH",
+                        help="the valence and arousal regressors: a PREFIX (PREFIX-valence.pt, PREFIX-arousal.pt, "
+                        "as `affectedit regressor train -o PREFIX` writes them), a folder holding both, or two "
+                        "checkpoint paths")
+    parser.add_argument("--faces", type=int, default=100,
+                        help="faces to edit, spread evenly over the cache (default: 100; the paper: 4,500)")
+    parser.add_argument("--modes", default="residual,paper",
+                        help="comma-separated edit modes to compare (default: residual,paper)")
+    parser.add_argument("--grid", type=int, default=7,
+                        help="labels per axis of the target grid over [-1, 1]^2, odd (default: 7, the paper's 49 labels)")
+    parser.add_argument("--examples", type=int, default=3,
+                        help="faces shown in the Fig. 3 grids (default: 3; 0 = no Fig. 3)")
+    parser.add_argument("--batch-faces", type=int, default=8,
+                        help="faces edited per batch (each to every label; default: 8)")
+    parser.add_argument("--no-identity", action="store_true",
+                        help="skip the dlib identity distances (the slowest part on a CPU)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("-o", "--output", required=True, metavar="FOLDER", help="report folder (created if missing)")
+    parser.set_defaults(func=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from affectedit.evaluate import evaluate
+
+    if args.faces < 1:
+        raise UserError(f"--faces must be at least 1, got {args.faces}")
+    if args.batch_faces < 1:
+        raise UserError(f"--batch-faces must be at least 1, got {args.batch_faces}")
+    if args.examples < 0:
+        raise UserError(f"--examples must be 0 or more, got {args.examples}")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes:
+        raise UserError("--modes is empty; pass e.g. --modes residual,paper")
+    result = evaluate(args.checkpoint, args.data, args.regressors, args.output, faces=args.faces, modes=modes,
+                      grid=args.grid, examples=args.examples, batch_faces=args.batch_faces,
+                      identity=not args.no_identity, device=args.device)
+    out = Path(args.output)
+    print(f"wrote {out / 'README.md'} and {out / 'metrics.json'} "
+          f"({result['data']['faces']} faces x {result['labels']['count']} labels, step {result['checkpoint']['step']})")
+    print(f"{'Table IV':20} {'valence RMSE/SAGR/CCC':>24}   {'arousal RMSE/SAGR/CCC':>24}")
+    rows = [(f"mode {m}"[:20], result["table_iv"]["modes"][m]["all"]) for m in result["modes"]]
+    rows.append(("no edit", result["table_iv"]["unedited"]["all"]))
+    for name, s in rows:
+        cells = ["/".join(f"{s[d][k]:.3f}" for k in ("rmse", "sagr", "ccc")) for d in ("valence", "arousal")]
+        print(f"{name:20} {cells[0]:>24}   {cells[1]:>24}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,44 @@
+"""`affectedit export`: write a trained model for other runtimes (ONNX) or as inference weights."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from affectedit.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained model as ONNX (E and G as one graph) or as inference weights",
+        description="Export the encoder and generator of a checkpoint. --format onnx writes one graph "
+        "edited = G(E(image), label) with inputs image (N x 3 x S x S, [-1, 1]) and label (N x 2, valence "
+        "and arousal in [-1, 1]) and a dynamic batch N (needs `pip install affectedit[export]`). "
+        "--format weights writes affectedit.pt (fp16) + affectedit.json into the folder -o names, the "
+        "pair `Editor.from_pretrained(weights_dir=...)` loads.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights")
+    p.add_argument("--format", choices=["onnx", "weights"], default="onnx", help="onnx (default) or weights")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="model.onnx for onnx; a folder for weights")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if args.format == "onnx":
+        from affectedit.export import export_onnx
+
+        if out.is_dir():
+            raise UserError(f"{out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}")
+        if out.suffix.lower() != ".onnx":
+            raise UserError(f"ONNX output {out} should end in .onnx")
+        path = export_onnx(args.checkpoint, out, force=args.force)
+    else:
+        from affectedit.editor import export_weights
+
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out} is a file; --format weights writes a folder (affectedit.pt + affectedit.json)")
+        path = export_weights(args.checkpoint, out, force=args.force)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,167 @@
+"""affectedit.evaluate (Table IV, Fig. 2 heatmaps, identity/background, report) and `affectedit evaluate`."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from affectedit.errors import UserError
+from affectedit.evaluate import (
+    difference_map,
+    evaluate,
+    extreme_mask,
+    grid_edits,
+    heatmap_sums,
+    label_grid,
+    neutral_index,
+    normalise_heatmaps,
+    resolve_regressors,
+    score_labels,
+    select_faces,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Pure pieces, hand-checkable.
+
+
+def test_difference_map_is_max_channel_difference():
+    a = torch.zeros(3, 2, 2)
+    b = torch.zeros(3, 2, 2)
+    b[:, 0, 0] = torch.tensor([0.2, -0.6, 0.4])  # max |.| = 0.6 (the green channel, negative)
+    b[:, 1, 1] = torch.tensor([1.0, 0.0, 0.0])
+    expected = torch.tensor([[0.6, 0.0], [0.0, 1.0]])
+    assert torch.allclose(difference_map(a, b), expected)
+    assert torch.allclose(difference_map(b, a), expected)  # symmetric
+
+
+def test_heatmap_sums_compare_against_the_neutral_edit_and_sum_over_faces():
+    # 2 faces x 3 labels x 3 x 1 x 2, label 1 is neutral.
+    edits = torch.zeros(2, 3, 3, 1, 2)
+    edits[0, :] = 0.5                     # face 0: every edit 0.5 except where set below
+    edits[0, 0, :, 0, 0] = torch.tensor([0.5, 0.5, 1.0])  # differs from neutral by 0.5 (blue), pixel (0, 0)
+    edits[0, 2, 0, 0, 1] = -0.5           # red differs by 1.0 at pixel (0, 1)
+    edits[1, 1] = -1.0                    # face 1: neutral -1, label 0 also -1 except one pixel
+    edits[1, 0] = -1.0
+    edits[1, 0, 1, 0, 0] = -0.75          # green differs by 0.25 at pixel (0, 0)
+    edits[1, 2] = -1.0
+    sums = heatmap_sums(edits, neutral=1)
+    assert sums.shape == (3, 1, 2)
+    assert torch.allclose(sums[0], torch.tensor([[0.5 + 0.25, 0.0]]))
+    assert torch.allclose(sums[1], torch.zeros(1, 2))          # neutral against itself
+    assert torch.allclose(sums[2], torch.tensor([[0.0, 1.0]]))  # not against the input: face 1 stays 0
+    normalised, peak = normalise_heatmaps(sums)
+    assert peak == pytest.approx(1.0)
+    assert torch.allclose(normalised[0], torch.tensor([[0.75, 0.0]]))  # common maximum, not per map
+    zeros, peak0 = normalise_heatmaps(torch.zeros(2, 1, 1))
+    assert peak0 == 0 and not zeros.any()
+
+
+def test_label_grid_layout_and_extreme_labels():
+    g = label_grid(7)
+    assert g.shape == (49, 2)
+    assert tuple(g[0]) == (1.0, 1.0)          # top left: valence high, arousal high
+    assert tuple(g[6]) == (1.0, -1.0)         # arousal high -> low along the row
+    assert tuple(g[42]) == (-1.0, 1.0)        # valence high -> low down the columns
+    assert neutral_index(g) == 24 and tuple(g[24]) == (0.0, 0.0)
+    ext = extreme_mask(g)
+    assert ext.sum() == 4 and set(np.flatnonzero(ext)) == {0, 6, 42, 48}  # the corners: 4 of 49
+    # The paper: 18,000 of 220,500 images = 4,500 faces x 4 of 49 labels.
+    assert 220500 // 49 * ext.sum() == 18000
+    assert not extreme_mask([[1.0, 0.0], [0.0, -1.0], [0.99, 1.0]]).any()
+    assert extreme_mask([[-1.0, 1.0]]).all()
+    with pytest.raises(UserError):
+        label_grid(6)  # no (0, 0)
+
+
+def test_score_labels_and_face_selection():
+    t = np.array([1.0, -1.0, 0.0, 0.5])
+    p = np.array([0.5, -0.5, 0.2, 0.5])
+    s = score_labels(t, p)
+    assert s["rmse"] == pytest.approx(np.sqrt((0.25 + 0.25 + 0.04) / 4))
+    assert s["sagr"] == pytest.approx(0.75)        # the 0 target never agrees
+    assert s["sagr_nonzero"] == pytest.approx(1.0)
+    assert list(select_faces(10, 3)) == [0, 4, 9] or list(select_faces(10, 3)) == [0, 5, 9]
+    assert len(select_faces(5, 100)) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny real run.
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_cache):
+    """A 2-step editor and 2-step tiny regressors on the 16-face 32x32 cache."""
+    from affectedit.config import get_config
+    from affectedit.regressor import train_regressor
+    from affectedit.train import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("evaluate")
+    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, root / "run", progress=False)
+    for d in ("valence", "arousal"):
+        train_regressor(tiny_cache, None, d, 2, 4, 0.05, root / f"reg-{d}.pt", progress=False, device="cpu")
+    return root
+
+
+def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
+    from affectedit.data.cache import FaceCache
+    from affectedit.editor import Editor
+
+    editor = Editor.from_checkpoint(tiny_run / "run" / "checkpoint.pt", device="cpu")
+    crops = np.ascontiguousarray(FaceCache(tiny_cache).images[:2])
+    labels = label_grid(3)
+    edits = grid_edits(editor, crops, labels)
+    for mode in ("residual", "paper"):
+        assert edits[mode].shape == (2, 9, 3, 32, 32)
+        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=mode)
+        assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5)
+
+
+def test_evaluate_writes_report(tiny_run, tiny_cache, tmp_path):
+    out = tmp_path / "report"
+    result = evaluate(tiny_run / "run" / "checkpoint.pt", tiny_cache, tiny_run / "reg", out, faces=2,
+                      examples=1, batch_faces=2, device="cpu", progress=False)
+    readme = (out / "README.md").read_text()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["modes"] == ["residual", "paper"] == result["modes"]
+    assert saved["table_iv"]["edits"] == 2 * 49 and saved["table_iv"]["extreme_edits"] == 2 * 4
+    for mode in ("residual", "paper"):
+        t4 = saved["table_iv"]["modes"][mode]
+        assert t4["all"]["valence"]["count"] == 98 and t4["extreme"]["arousal"]["count"] == 8
+        assert 0 <= saved["identity"]["modes"][mode]["all"]["same_person_share"] <= 1
+        assert saved["background"]["modes"][mode]["background"]["mean"] >= 0
+        assert np.asarray(saved["heatmaps"]["modes"][mode]["mean_difference"]).shape == (7, 7)
+        assert (out / f"fig2-heatmaps-{mode}.png").stat().st_size > 1000
+        assert (out / f"fig3-examples-{mode}.png").stat().st_size > 1000
+        assert f"fig2-heatmaps-{mode}.png" in readme and f"mode `{mode}`" in readme
+    assert "Table IV" in readme and "0.528" in readme  # the paper's figures beside ours
+    assert set(saved["table_iii"]["ours"]) == {"valence", "arousal"}
+    assert "_maps" not in json.dumps(saved)
+    assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporaries
+
+
+def test_cli_evaluate_and_errors(tiny_run, tiny_cache, tmp_path, capsys):
+    from affectedit.cli import main
+
+    ck = str(tiny_run / "run" / "checkpoint.pt")
+    regs = [str(tiny_run / "reg-arousal.pt"), str(tiny_run / "reg-valence.pt")]  # any order
+    out = tmp_path / "r"
+    rc = main(["evaluate", "--checkpoint", ck, "--data", str(tiny_cache), "--regressors", *regs, "--faces", "1",
+               "--modes", "paper", "--grid", "3", "--examples", "0", "--no-identity", "--device", "cpu", "-o", str(out)])
+    assert rc == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["modes"] == ["paper"] and saved["identity"] is None and saved["table_iv"]["edits"] == 9
+    assert "Table IV" in capsys.readouterr().out
+
+    def error(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    base = ["evaluate", "--data", str(tiny_cache), "-o", str(tmp_path / "x")]
+    assert "affectedit train" in error(base + ["--checkpoint", str(tmp_path / "nope.pt"), "--regressors", *regs])
+    assert "affectedit regressor train" in error(base + ["--checkpoint", ck, "--regressors", str(tmp_path / "none")])
+    assert "affectedit prepare" in error(["evaluate", "--checkpoint", ck, "--regressors", *regs,
+                                          "--data", str(tmp_path / "nocache"), "-o", str(tmp_path / "x")])
+    assert "unknown edit mode" in error(base + ["--checkpoint", ck, "--regressors", *regs, "--modes", "magic"])
+    with pytest.raises(UserError, match="both valence"):
+        resolve_regressors([regs[1], regs[1]])
