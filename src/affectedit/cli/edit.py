@@ -79,15 +79,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights; default: the bundled model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
     p.add_argument("--fp32", action="store_true", help="compute in float32 even where a faster precision is the default")
+    p.add_argument("--mode", choices=["residual", "paper"], default="residual",
+                   help="residual: apply only the generator's change between the face's own and the target expression "
+                   "to the sharp photo (keeps identity and detail); paper: replace the face by G(E(x), y) as Lindt et al.")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="scale of the change in residual mode (1 = as generated; 1.5 exaggerates; in (0, 4])")
 
 
 def _load_editor(args: argparse.Namespace):
     from affectedit.editor import Editor
 
     precision = "fp32" if args.fp32 else "auto"
+    options = {"mode": args.mode, "strength": args.strength}
     if args.checkpoint:
-        return Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision)
-    return Editor.from_pretrained(device=args.device, precision=precision)
+        return Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision, **options)
+    return Editor.from_pretrained(device=args.device, precision=precision, **options)
 
 
 # ----------------------------------------------------------------------------------- edit
