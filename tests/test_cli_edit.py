@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 from PIL import Image
-from test_editor import PORTRAIT, PORTRAIT2, tiny_checkpoint  # noqa: F401 - the session fixture
+from test_editor import PORTRAIT, PORTRAIT2
 
 from affectedit.cli import main
 from affectedit.editor import EMOTIONS, WEIGHTS_DIR, WEIGHTS_NAME
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data n
 
 
 @pytest.fixture()
-def ck(tiny_checkpoint):  # noqa: F811
+def ck(tiny_checkpoint):
     return ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
 
 

@@ -24,23 +24,6 @@ PORTRAIT2 = LONDON / "smiling_front" / "001_08.jpg"
 pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A 32x32 tiny-preset checkpoint trained for 2 steps on 16 lfw faces, made once per session (the
-    CLI tests import this fixture; the folder under basetemp is shared, so it is built only once)."""
-    from affectedit.config import get_config
-    from affectedit.data.cache import prepare
-    from affectedit.train import train
-
-    root = tmp_path_factory.getbasetemp() / "editor-tiny"
-    ckpt = root / "run" / "checkpoint.pt"
-    if not ckpt.is_file():
-        prepare(DATA / "lfw-expressions", "lfw", root / "cache", labels=ROOT / "data" / "lfw-expressions-va.csv",
-                split="train", size=32, limit=16, progress=False)
-        train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), root / "cache", root / "run", progress=False)
-    return ckpt
-
-
 @pytest.fixture(scope="module")
 def editor(tiny_checkpoint) -> Editor:
     return Editor.from_checkpoint(tiny_checkpoint, device="cpu")
@@ -176,10 +159,10 @@ def test_no_face_and_bad_face_index(editor, portrait):
         editor.edit("no/such/photo.jpg", 0, 0)
 
 
-def test_edit_crops_on_cache_images(editor, tiny_checkpoint):
+def test_edit_crops_on_cache_images(editor, tiny_cache):
     from affectedit.data.cache import FaceCache
 
-    cache = FaceCache(tiny_checkpoint.parents[1] / "cache")
+    cache = FaceCache(tiny_cache)
     imgs = np.asarray(cache.images[:5])
     labels = np.asarray(cache.labels[:5], dtype=np.float32)
     out = editor.reconstruct(imgs, labels)

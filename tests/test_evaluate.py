@@ -15,6 +15,7 @@ from affectedit.evaluate import (
     label_grid,
     neutral_index,
     normalise_heatmaps,
+    parse_mode,
     resolve_regressors,
     score_labels,
     select_faces,
@@ -110,11 +111,15 @@ def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
     editor = Editor.from_checkpoint(tiny_run / "run" / "checkpoint.pt", device="cpu")
     crops = np.ascontiguousarray(FaceCache(tiny_cache).images[:2])
     labels = label_grid(3)
-    edits = grid_edits(editor, crops, labels)
-    for mode in ("residual", "paper"):
+    edits = grid_edits(editor, crops, labels, ("residual", "paper", "residual@2"))
+    for mode, base, strength in (("residual", "residual", 1.0), ("paper", "paper", None), ("residual@2", "residual", 2.0)):
         assert edits[mode].shape == (2, 9, 3, 32, 32)
-        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=mode)
+        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=base, strength=strength)
         assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5)
+    assert parse_mode("residual@0.5") == ("residual", 0.5) and parse_mode("paper") == ("paper", None)
+    for bad in ("paper@2", "residual@x", "residual@9", "magic"):
+        with pytest.raises(UserError):
+            parse_mode(bad)
 
 
 def test_evaluate_writes_report(tiny_run, tiny_cache, tmp_path):

@@ -165,7 +165,7 @@ def test_vggface_errors(tmp_path):
 def test_identity_errors(tmp_path):
     with pytest.raises(UserError, match="unknown identity network"):
         identity.build_identity_net("facenet")
-    with pytest.raises(UserError, match="missing"):
+    with pytest.raises(UserError, match="not found"):
         identity.dlib_model_path("no_such_model.dat")
     bad = tmp_path / "bad.dat"
     bad.write_bytes(b"\x01\x01\x05hello")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_editor import PORTRAIT, PORTRAIT2, tiny_checkpoint  # noqa: F401 - the session fixture
+from test_editor import PORTRAIT
 
 from affectedit.cli import main
 from affectedit.errors import UserError
@@ -47,7 +47,7 @@ def _collage(paths: list[Path]) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def bad(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:  # noqa: F811
+def bad(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     """Every kind of file people feed the editor, written once for the module."""
     d = tmp_path_factory.mktemp("bad-inputs")
     portrait = Image.open(PORTRAIT).convert("RGB")
@@ -120,7 +120,7 @@ def assert_one_line_error(rc: int, err: str, *words: str) -> str:
 
 
 @pytest.fixture()
-def ck(tiny_checkpoint):  # noqa: F811
+def ck(tiny_checkpoint):
     return ["--checkpoint", str(tiny_checkpoint), "--device", "cpu"]
 
 
@@ -158,7 +158,7 @@ def test_grid_and_animate_refuse_bad_photos_too(bad, ck, tmp_path, capsys, comma
     assert list(tmp_path.iterdir()) == []
 
 
-def test_api_raises_user_error_for_bad_photos(bad, tiny_checkpoint):  # noqa: F811
+def test_api_raises_user_error_for_bad_photos(bad, tiny_checkpoint):
     from affectedit.editor import Editor
 
     editor = Editor.from_checkpoint(tiny_checkpoint, device="cpu")
@@ -338,7 +338,7 @@ def _boom(*args, **kwargs):
     raise RuntimeError("killed mid-write")
 
 
-def test_checkpoint_and_exported_weights_survive_a_crash_mid_write(tiny_checkpoint, tmp_path, monkeypatch):  # noqa: F811
+def test_checkpoint_and_exported_weights_survive_a_crash_mid_write(tiny_checkpoint, tmp_path, monkeypatch):
     from affectedit.editor import export_weights
     from affectedit.train import (
         load_checkpoint,
@@ -428,7 +428,7 @@ def test_sigkill_mid_write_leaves_the_old_file(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["text", "bomb", "checkpoint"])
-def test_real_command_line(bad, tiny_checkpoint, tmp_path, case):  # noqa: F811
+def test_real_command_line(bad, tiny_checkpoint, tmp_path, case):
     src = {"text": bad["text.jpg"], "bomb": bad["bomb.png"]}.get(case, PORTRAIT)
     ckpt = bad["truncated.pt"] if case == "checkpoint" else tiny_checkpoint
     env = dict(os.environ, OMP_NUM_THREADS="1")

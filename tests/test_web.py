@@ -20,18 +20,6 @@ DATA = ROOT.parent / "shared" / "data"
 PORTRAITS = DATA / "london-portraits" / "images"
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_cache, tmp_path_factory) -> Path:
-    """A tiny model trained 2 steps on conftest's 16-face cache: the edits mean nothing, but every
-    code path runs."""
-    from affectedit.config import get_config
-    from affectedit.train import train
-
-    run = tmp_path_factory.mktemp("web-model") / "run"
-    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, run, progress=False)
-    return run / "checkpoint.pt"
-
-
 @pytest.fixture(scope="module")
 def editor(tiny_checkpoint):
     from affectedit.editor import Editor

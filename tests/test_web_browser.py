@@ -23,18 +23,6 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 INSTALL = "run .ci/install-browser.sh (apt-get install -y chromium chromium-driver)"
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tiny_cache, tmp_path_factory) -> Path:
-    """A tiny model trained 2 steps on conftest's 16-face cache: the edits mean nothing, but every
-    code path runs."""
-    from affectedit.config import get_config
-    from affectedit.train import train
-
-    run = tmp_path_factory.mktemp("web-model") / "run"
-    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, run, progress=False)
-    return run / "checkpoint.pt"
-
-
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     from affectedit import web

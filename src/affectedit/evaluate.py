@@ -49,6 +49,7 @@ __all__ = [
     "label_grid",
     "neutral_index",
     "normalise_heatmaps",
+    "parse_mode",
     "resolve_regressors",
     "score_labels",
     "select_faces",
@@ -177,27 +178,50 @@ def _summary(values) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Editing a batch of faces to every label.
 
+def parse_mode(name: str) -> tuple[str, float | None]:
+    """An edit mode as the report names it: "paper", "residual", or "residual@S" (residual edit
+    with strength S in (0, 4], e.g. "residual@2"). Returns (base mode, strength or None)."""
+    base, _, strength = str(name).partition("@")
+    if base not in ("residual", "paper") or (strength and base != "residual"):
+        raise UserError(f"unknown edit mode {name!r}; use residual, paper or residual@STRENGTH (e.g. residual@2)")
+    if not strength:
+        return base, None
+    try:
+        value = float(strength)
+    except ValueError:
+        raise UserError(f"edit mode {name!r}: the strength after @ must be a number, e.g. residual@2") from None
+    if not (math.isfinite(value) and 0 < value <= 4):
+        raise UserError(f"edit mode {name!r}: the strength must be in (0, 4]")
+    return base, value
+
+
 @torch.inference_mode()
 def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper")) -> dict[str, torch.Tensor]:
-    """Every crop (B x 3 x S x S in [-1, 1]) edited to every label (L x 2), for each mode:
-    {mode: B x L x 3 x S x S}. Equal to ``editor.edit_crops(crops repeated, labels tiled, mode)``
-    but E(x), the estimate of the face's own label and G(E(x), y_x) run once per face instead of
-    once per (face, label), and G(E(x), y) is shared by the modes."""
+    """Every crop (B x 3 x S x S in [-1, 1]) edited to every label (L x 2), for each mode (see
+    ``parse_mode``): {mode: B x L x 3 x S x S}. Equal to ``editor.edit_crops(crops repeated, labels
+    tiled, mode, strength)`` but E(x), the estimate of the face's own label and G(E(x), y_x) run
+    once per face instead of once per (face, label), and G(E(x), y) is shared by the modes."""
     x = editor._as_crops(crops)
     y = torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(-1, 2)
     B, L = len(x), len(y)
     z = editor.encode(x)
     target = editor.generate(z.repeat_interleave(L, 0), y.repeat(B, 1)).view(B, L, *x.shape[1:])
+    source = None
     out = {}
     for mode in modes:
-        if mode == "paper":
+        base, strength = parse_mode(mode)
+        if base == "paper":
             out[mode] = target
-        elif mode == "residual":
-            source = editor.generate(z, editor.estimate_labels(x, z))
-            out[mode] = (x[:, None] + editor.strength * (target - source[:, None])).clamp_(-1, 1)
         else:
-            raise UserError(f"unknown edit mode {mode!r}; use residual or paper")
+            if source is None:
+                source = editor.generate(z, editor.estimate_labels(x, z))
+            strength = editor.strength if strength is None else strength
+            out[mode] = (x[:, None] + strength * (target - source[:, None])).clamp_(-1, 1)
     return out
+
+
+def _file_part(mode: str) -> str:
+    return mode.replace("@", "-strength")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,14 +294,13 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     from tqdm.auto import tqdm
 
     from affectedit.data.cache import denormalize, normalize
-    from affectedit.editor import MODES, Editor
+    from affectedit.editor import Editor
     from affectedit.faces import face_mask
     from affectedit.regressor import evaluate_regressor, load_regressor, predict
 
     modes = tuple(dict.fromkeys(modes))
     for mode in modes:
-        if mode not in MODES:
-            raise UserError(f"unknown edit mode {mode!r}; choose from {', '.join(MODES)}")
+        parse_mode(mode)
     if not modes:
         raise UserError("no edit mode to evaluate; pass --modes residual,paper")
     if faces < 1:
@@ -564,7 +587,8 @@ def _markdown(r: dict) -> str:
         f"{r['labels']['count']} target labels on a {r['labels']['grid']}x{r['labels']['grid']} grid of [-1, 1]^2 "
         f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
         + ", ".join(f"`{m}`" for m in modes) + " (`paper`: x_gen = G(E(x), y), as Lindt et al.; "
-        "`residual`: x + G(E(x), y) - G(E(x), y_x)).",
+        "`residual`: x + G(E(x), y) - G(E(x), y_x), y_x the label the face already shows (estimated); "
+        "`residual@S`: x + S (G(E(x), y) - G(E(x), y_x))).",
         "",
         "Regressors: " + "; ".join(f"{d} `{v['path']}` (width {v['width']}, input {v['image_size']}, "
                                     f"{v.get('step')} steps)"
@@ -694,7 +718,7 @@ def write_report(result: dict, out_dir, fig3: dict | None = None, fig3_inputs: t
     labels = np.asarray(result["labels"]["values"], dtype=np.float32)
     figures: dict = {"heatmaps": {}, "fig3": {}}
     for m, h in result["heatmaps"]["modes"].items():
-        name = f"fig2-heatmaps-{m}.png"
+        name = f"fig2-heatmaps-{_file_part(m)}.png"
         _heatmap_figure(h["_maps"], h["_neutral"], labels, f"Fig. 2 heatmaps, mode {m} "
                         f"({result['data']['faces']} faces, step {result['checkpoint']['step']})", out / name)
         h["file"] = name
@@ -702,7 +726,7 @@ def write_report(result: dict, out_dir, fig3: dict | None = None, fig3_inputs: t
     if fig3:
         fig3_labels = label_grid(round(math.sqrt(next(iter(fig3.values())).shape[1])))
         for m, e in fig3.items():
-            name = f"fig3-examples-{m}.png"
+            name = f"fig3-examples-{_file_part(m)}.png"
             _grid_figure(fig3_inputs, e, fig3_labels, f"Fig. 3 layout, mode {m}", out / name)
             figures["fig3"][m] = name
     result["figures"] = figures

