@@ -627,7 +627,8 @@ def _markdown(r: dict) -> str:
         ("Extreme labels: |valence| = 1 and |arousal| = 1, the four corners of the grid (the paper's "
         "18,000 of 220,500 images = 4 of 49 labels per validation image). \"No edit\" scores the "
         "regressors' predictions for the unedited input against the same targets: an editor that "
-        "changes nothing would score this."),
+        "changes nothing would score this. Table IV alone rewards an output that shows the target label "
+        "whatever the face it came from: read it together with identity and background below."),
         "",
         ("SAGR counts sign agreement; targets of exactly 0 (1/7 of each dimension on the 7x7 grid) can "
         "never agree, so SAGR over all labels is at most 6/7. SAGR over the non-zero targets only:"),
