@@ -312,8 +312,11 @@ def test_cli_serve_runs_and_stops(tiny_checkpoint):
     import subprocess
     import sys
 
+    # SIGINT back to its default in the child: a shell's background job (CI runners) ignores it,
+    # and Python then never turns Ctrl-C into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "affectedit", "serve", "--checkpoint", str(tiny_checkpoint),
-                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+                             "--port", "0"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stderr.readline()
         assert "serving on http://127.0.0.1:" in line, line
