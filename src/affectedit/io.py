@@ -34,6 +34,11 @@ def atomic_path(path: str | os.PathLike, force: bool = True):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have
+        # (or the mode of the file it replaces), so outputs open in other programs as usual.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, (path.stat().st_mode & 0o777) if path.exists() else (0o666 & ~umask))
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
