@@ -71,7 +71,7 @@ def test_label_changes_generator_output():
 
 def test_init_is_paper_init():
     m = build_models(get_config("paper").model)
-    w = m["encoder"].convs[0].weight
+    w = m["encoder"].convs[0].weight.detach()
     assert abs(float(w.std()) - 0.02) < 0.003 and abs(float(w.mean())) < 0.003
     assert float(m["encoder"].convs[0].bias.abs().max()) == 0.0
 
