@@ -606,22 +606,26 @@ class Editor:
         rgb = photo.convert("RGB") if photo.mode != "RGB" else photo
         faces = self._faces(rgb, name, face)
         x = self._crops(rgb, faces)
+        return _restore_mode(self._paste_edits(rgb, faces, x, self.edit_crops(x, torch.tensor([v, a]))), photo)
+
+    def _paste_edits(self, photo: Image.Image, faces, x: torch.Tensor, edited: torch.Tensor) -> Image.Image:
+        """Blend the edited crops of ``faces`` (N x 3 x S x S, made from the crops ``x``) into ``photo``.
+
+        Paper mode pastes the generated crops. Residual mode applies the change ``edited - x`` at
+        the photo's own resolution: upsampled onto a sharp aligned crop of each face, so no detail
+        is lost to the model's small resolution."""
         if self.mode == "paper":
-            edited = self.edit_crops(x, torch.tensor([v, a]))
-            return _restore_mode(self._paste(rgb, faces, edited), photo)
-        # Residual edit at the photo's own resolution: the change (S x S) is upsampled onto a
-        # sharp aligned crop of the face, so no detail is lost to the model's small resolution.
-        change = self.edit_crops(x, torch.tensor([v, a])) - x
+            return self._paste(photo, faces, edited)
         from affectedit.faces import align_face, paste_back
 
-        out = rgb
-        for f, delta in zip(faces, change):
+        out = photo
+        for f, delta in zip(faces, edited - x):
             side = int(min(max(round(1.0 / f.scale), self.image_size), MAX_PASTE_SIDE))
-            sharp = np.asarray(align_face(rgb, f, side), dtype=np.float32)
+            sharp = np.asarray(align_face(photo, f, side), dtype=np.float32)
             up = torch.nn.functional.interpolate(delta[None], size=(side, side), mode="bilinear", align_corners=False)[0]
             crop = np.clip(sharp + up.permute(1, 2, 0).numpy() * 127.5, 0, 255).round().astype(np.uint8)
             out = paste_back(out, f, Image.fromarray(crop, "RGB"))
-        return _restore_mode(out, photo)
+        return out
 
     def edit_aligned(self, crop, valence: float, arousal: float) -> Image.Image:
         """Edit an already aligned face crop (PIL image or H x W x 3 uint8 array, square, dlib
@@ -725,7 +729,10 @@ class Editor:
         photo, name = _as_image(image)
         rgb = photo.convert("RGB")
         faces = self._faces(rgb, name, face)
-        z = self.encode(self._crops(rgb, faces))  # once per face: only the label changes
+        x = self._crops(rgb, faces)
+        z = self.encode(x)  # once per face: only the label changes
+        # Residual mode: the face's own expression G(z, y_x) is generated once, too.
+        source = None if self.mode == "paper" else self.generate(z, self.estimate_labels(x, z))
         F, T = len(faces), len(labels)
         # Paste into a copy already scaled to the frame size (cheaper than scaling every frame).
         scale = 1.0 if size is None else min(1.0, size / max(rgb.size))
@@ -742,7 +749,10 @@ class Editor:
             y = labels[t0:t0 + step]
             edited = self.generate(z.repeat(len(y), 1), y.repeat_interleave(F, 0))
             for k in range(len(y)):
-                frames.append(self._paste(base, faces, edited[k * F:(k + 1) * F]))
+                g = edited[k * F:(k + 1) * F]
+                if source is not None:
+                    g = (x + self.strength * (g - source)).clamp_(-1, 1)
+                frames.append(self._paste_edits(base, faces, x, g))
         with atomic_path(out, force=force) as tmp:
             if kind == ".gif":
                 _write_gif(tmp, frames, fps)
