@@ -254,3 +254,38 @@ def test_prefetch_matches_plain_iteration(tmp_path):
     assert next(it) == 1
     with pytest.raises(RuntimeError, match="bad batch"):
         next(it)
+
+
+def test_balance_weights_raise_rare_expressions_on_the_real_labels():
+    from affectedit.data.cache import balance_weights
+
+    rows = list(csv.DictReader(open(Path(__file__).parents[1] / "data" / "lfw-expressions-va.csv")))
+    labels = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
+    emotions = np.array([r["emotion"] for r in rows])
+    assert balance_weights(labels, 0.0) is None
+    share = {}
+    for power in (0.5, 1.0):
+        w = balance_weights(labels, power)
+        assert w.shape == (len(rows),) and np.isclose(w.sum(), 1.0) and (w > 0).all()
+        share[power] = {e: w[emotions == e].sum() for e in ("happiness", "neutral", "surprise", "sadness")}
+    plain = {e: np.mean(emotions == e) for e in ("happiness", "neutral", "surprise", "sadness")}
+    for e in ("surprise", "sadness"):  # rare expressions: drawn more often, the more so the stronger the power
+        assert plain[e] * 2 < share[0.5][e] < share[1.0][e]
+    for e in ("happiness", "neutral"):
+        assert share[1.0][e] < share[0.5][e] < plain[e]
+
+
+def test_balanced_batches_are_deterministic_resumable_and_favour_rare_labels(tmp_path):
+    images, labels = _fake_cache(tmp_path / "c", n=49)
+    labels[:42] = [0.8, 0.5]  # 42 "happy" faces and 7 distinct rare ones
+    np.save(tmp_path / "c" / "labels.npy", labels)
+    c = FaceCache(tmp_path / "c")
+    it = batches(c, 7, seed=3, balance=1.0)
+    first = [next(it) for _ in range(14)]
+    resumed = next(batches(c, 7, seed=3, balance=1.0, start_step=9))
+    assert torch.equal(resumed[0], first[9][0]) and torch.equal(resumed[1], first[9][1])
+    seen = torch.cat([y for _, y in first])
+    rare = (seen != torch.tensor([0.8, 0.5])).any(1).float().mean()
+    assert rare > 0.3  # 7/49 = 0.14 without balancing; each cell is about equally likely with power 1
+    plain = torch.cat([next(b)[1] for b in [batches(c, 49, seed=3)]])
+    assert (plain != torch.tensor([0.8, 0.5])).any(1).sum() == 7

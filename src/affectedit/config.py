@@ -56,6 +56,7 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0
     hflip: bool = True
+    balance: float = 0.0              # label-balanced sampling: 0 = plain shuffle (paper), 0.5 = rare expressions more often
 
 
 @dataclass

@@ -261,7 +261,7 @@ def train(
     B, k_id = tc.batch_size, min(lc.identity_images, tc.batch_size)
     lo, hi = _shard(B, rank, world)
     id_hi = max(min(hi, k_id) - lo, 0)  # this rank's share of the first k_id images of the global batch
-    stream = batches(cache, B, seed=tc.seed, hflip=tc.hflip, start_step=start)
+    stream = batches(cache, B, seed=tc.seed, hflip=tc.hflip, start_step=start, balance=tc.balance)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     logs: dict[str, float] = {}

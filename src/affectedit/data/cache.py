@@ -428,21 +428,39 @@ class FaceCache(torch.utils.data.Dataset):
         return self.meta["identities"]
 
 
-def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int) -> np.ndarray:
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
+def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, weights: np.ndarray | None = None) -> np.ndarray:
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(n) if weights is None else rng.choice(n, size=n, replace=True, p=weights)
     per = n // world
     return perm[: per * world].reshape(per, world)[:, rank]
 
 
+def balance_weights(labels: np.ndarray, power: float, bins: int = 8) -> np.ndarray | None:
+    """Sampling probabilities that flatten the label distribution: each face is drawn with
+    probability proportional to (faces in its cell of a ``bins`` x ``bins`` grid over the
+    valence/arousal square [-1, 1]^2) ** -power. ``power=0`` -> None (plain shuffling), 1 -> every
+    occupied cell equally often, 0.5 -> half-way (in log terms). Rare expressions (sadness,
+    anger, surprise in LFW; contempt, disgust in AffectNet) are seen more often, with replacement."""
+    if power <= 0:
+        return None
+    labels = np.asarray(labels, dtype=np.float64)
+    cell = np.clip(((labels + 1.0) / 2.0 * bins).astype(np.int64), 0, bins - 1)
+    key = cell[:, 0] * bins + cell[:, 1]
+    counts = np.bincount(key, minlength=bins * bins).astype(np.float64)
+    w = counts[key] ** -float(power)
+    return w / w.sum()
+
+
 def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tuple[int, int] = (0, 1),
-            start_step: int = 0):
+            start_step: int = 0, balance: float = 0.0):
     """Infinite iterator of (images float32 N x 3 x S x S in [-1, 1], labels float32 N x 2).
 
     Epoch e visits a permutation seeded by (seed, e), split between ``shard = (rank, world_size)``
     by interleaving (every rank gets the same number of images; the remainder of the epoch and any
     last incomplete batch are dropped). Batch k is a deterministic function of (seed, k, rank):
     ``start_step=k`` resumes at batch k without reading the skipped images. Horizontal flips are
-    per sample, probability 0.5, seeded by (seed, step, rank)."""
+    per sample, probability 0.5, seeded by (seed, step, rank). ``balance > 0`` replaces the
+    permutation by a weighted draw with replacement (see :func:`balance_weights`)."""
     if not isinstance(cache, FaceCache):
         cache = FaceCache(cache)
     rank, world = shard
@@ -454,12 +472,13 @@ def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tu
         raise UserError(f"batch size {batch_size} is larger than the {per} images available to each of {world} "
                         f"process(es) in {cache.path}; use a smaller batch or a bigger cache")
     images, labels = cache.images, cache.labels
+    weights = balance_weights(labels, balance) if balance > 0 else None
     step = int(start_step)
     epoch, order = None, None
     while True:
         e, b = divmod(step, per_epoch)
         if e != epoch:
-            epoch, order = e, _epoch_order(len(cache), seed, e, rank, world)
+            epoch, order = e, _epoch_order(len(cache), seed, e, rank, world, weights)
         idx = order[b * batch_size : (b + 1) * batch_size]
         srt = np.argsort(idx, kind="stable")
         block = np.empty((batch_size,) + images.shape[1:], dtype=np.uint8)
