@@ -258,6 +258,16 @@ def test_export_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path
     assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w2").step == 2
     with pytest.raises(UserError, match="already exists"):
         export_weights(tiny_checkpoint, tmp_path / "w", force=False)
+    # a calibrated strength stored with the weights becomes the editors' default; an explicit one wins
+    assert loaded.strength == 1.0 and "strength" not in meta
+    export_weights(tiny_checkpoint, tmp_path / "w3", strength=1.2)
+    assert json.loads((tmp_path / "w3" / ed.WEIGHTS_JSON).read_text())["strength"] == 1.2
+    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3").strength == 1.2
+    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3", strength=0.5).strength == 0.5
+    Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3", strength=1.5).save_pretrained(tmp_path / "w4")
+    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w4").strength == 1.5
+    with pytest.raises(UserError, match="strength must be in"):
+        export_weights(tiny_checkpoint, tmp_path / "w5", strength=0)
     # a damaged file fails the checksum, both ways of loading it
     with open(pt, "ab") as fh:
         fh.write(b"\0")

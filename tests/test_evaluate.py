@@ -83,6 +83,9 @@ def test_score_labels_and_face_selection():
     assert s["sagr_nonzero"] == pytest.approx(1.0)
     assert list(select_faces(10, 3)) == [0, 4, 9] or list(select_faces(10, 3)) == [0, 5, 9]
     assert len(select_faces(5, 100)) == 5
+    report, calibration = select_faces(1160, 200), select_faces(1160, 200, offset=3)
+    assert len(report) == len(calibration) == 200 and not set(report) & set(calibration)
+    assert list(select_faces(10, 3, offset=2)) == sorted((select_faces(10, 3) + 2) % 10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ def test_export_weights_and_errors(tiny_run, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder)]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force"]) == 0
+    assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force",
+                 "--strength", "1.3"]) == 0
+    assert Editor.from_pretrained(device="cpu", weights_dir=folder).strength == 1.3
+    assert main(["export", "--checkpoint", str(tiny_run), "-o", str(tmp_path / "m.onnx"), "--strength", "2"]) == 2
+    assert "--format weights only" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "onnx", "-o", str(tmp_path / "model.bin")]) == 2
     assert ".onnx" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]) == 2

@@ -242,7 +242,8 @@ def _verify(pt: Path, meta: Path) -> None:
         )
 
 
-def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, step: int | None, force: bool) -> Path:
+def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, step: int | None, force: bool,
+                   strength: float | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {
@@ -271,15 +272,20 @@ def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, 
         "image_size": config["model"]["image_size"],
         "weights_format": _WEIGHTS_FORMAT,
     }
+    if strength is not None:
+        info["strength"] = _check_strength(strength)  # the default residual strength for these weights
     with atomic_path(meta) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     return pt
 
 
-def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = True) -> Path:
+def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = True,
+                   strength: float | None = None) -> Path:
     """Write the inference weights of a training checkpoint to ``out_dir``: ``affectedit.pt`` (E and
     G in float16 plus the config; loadable with ``torch.load(weights_only=True)``) and
-    ``affectedit.json`` (its sha256, size, step).  Both are written atomically.  Returns the .pt path."""
+    ``affectedit.json`` (its sha256, size, step and, if given, ``strength``: the residual strength
+    editors loading these weights use unless told otherwise, e.g. the one calibrated by
+    ``affectedit evaluate``).  Both are written atomically.  Returns the .pt path."""
     from affectedit.train import load_checkpoint
 
     state = load_checkpoint(checkpoint)
@@ -287,7 +293,17 @@ def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fo
         if name not in state["models"]:
             raise UserError(f"checkpoint {checkpoint} holds no {name} weights")
     return _write_weights(state["models"]["encoder"], state["models"]["generator"], state["config"], out_dir,
-                          state.get("step"), force)
+                          state.get("step"), force, strength)
+
+
+def _check_strength(strength) -> float:
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (math.isfinite(value) and 0 < value <= 4):
+        raise UserError(f"strength must be in (0, 4], got {strength!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------- device
@@ -377,16 +393,15 @@ class Editor:
     threads as there are idle cores (``threads=None``; see ``_ThreadPolicy``) or ``threads=N``."""
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
-                 precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float = 1.0,
+                 precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float | None = None,
                  threads: int | None = None):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if not (math.isfinite(strength) and 0 < strength <= 4):
-            raise UserError(f"strength must be in (0, 4], got {strength!r}")
         self.mode = mode
-        self.strength = float(strength)
+        # None: 1 (the change as generated); from_checkpoint fills in the weights' calibrated strength.
+        self.strength = 1.0 if strength is None else _check_strength(strength)
         self.device = _pick_device(device)
         self.precision = precision
         self.config = config
@@ -414,9 +429,13 @@ class Editor:
         path = Path(path)
         meta = path.with_suffix(".json")
         if path.is_file() and meta.is_file():
+            info = {}
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                if json.loads(meta.read_text()).get("file") == path.name:
-                    _verify(path, meta)
+                info = json.loads(meta.read_text())
+            if isinstance(info, dict) and info.get("file") == path.name:
+                _verify(path, meta)
+                if options.get("strength") is None and info.get("strength") is not None:
+                    options["strength"] = info["strength"]
         state = load_checkpoint(path)
         dev = _pick_device(device)
         cfg, models = models_from_checkpoint(state, ("encoder", "generator"), device=dev)
@@ -445,7 +464,7 @@ class Editor:
         """Write this editor's E and G as ``out_dir/affectedit.pt`` (fp16) + ``affectedit.json``
         (sha256), the pair ``from_pretrained(weights_dir=out_dir)`` loads."""
         return _write_weights(self.encoder.state_dict(), self.generator.state_dict(), self.config.to_dict(),
-                              out_dir, self.step, force)
+                              out_dir, self.step, force, self.strength if self.strength != 1.0 else None)
 
     # ------------------------------------------------------------------ tensors
 

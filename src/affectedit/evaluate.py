@@ -104,13 +104,15 @@ def neutral_index(labels) -> int:
     return int(hits[0])
 
 
-def select_faces(total: int, n: int) -> np.ndarray:
+def select_faces(total: int, n: int, offset: int = 0) -> np.ndarray:
     """``n`` indices spread evenly over ``range(total)`` (caches are ordered by file, so the first
-    n would come from few people); all of them if n >= total."""
+    n would come from few people); all of them if n >= total. ``offset`` shifts them (modulo
+    total): with n well below total / 2, offsets 0 and a few give disjoint sets of images, e.g. one
+    to choose settings on (calibration) and one to report."""
     if total < 1:
         raise UserError("the evaluation cache holds no images")
     n = min(int(n), total)
-    return np.unique(np.linspace(0, total - 1, n).round().astype(int))
+    return np.unique((np.linspace(0, total - 1, n).round().astype(int) + int(offset)) % total)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def _open_data(data):
 # The run.
 
 def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("residual", "paper"),
-             grid: int = 7, examples: int = 3, batch_faces: int = 8, identity: bool = True,
+             grid: int = 7, examples: int = 3, batch_faces: int = 8, identity: bool = True, offset: int = 0,
              device=None, progress: bool = True) -> dict:
     """Run the whole evaluation and write ``out_dir/README.md``, ``out_dir/metrics.json`` and the
     figures (PNG). ``regressors``: see ``resolve_regressors``. Returns the metrics dict."""
@@ -310,7 +312,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
 
     cache = _open_data(data)
     reg_paths = resolve_regressors(regressors)
-    editor = Editor.from_checkpoint(checkpoint, device=device)
+    editor = Editor.from_checkpoint(checkpoint, device=device, strength=1.0)  # "residual" = strength 1; residual@S for others
     S = editor.image_size
     cache_size = int(cache.images.shape[1])
     if cache_size != S:
@@ -335,7 +337,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     labels = label_grid(grid)
     L = len(labels)
     neutral = neutral_index(labels)
-    chosen = select_faces(len(cache), faces)
+    chosen = select_faces(len(cache), faces, offset)
     mask = face_mask(S)
     background = mask == 0
     inner = mask >= 0.5
@@ -383,7 +385,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     targets = np.tile(labels, (n, 1))  # face-major, label-minor: the order of the predictions
     result: dict = {
         "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S},
-        "data": {"path": str(data), "images": len(cache), "faces": n, "indices": chosen.tolist()},
+        "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist()},
         "labels": {"grid": grid, "values": labels.tolist(), "count": L,
                    "extreme": labels[extreme_mask(labels)].tolist(),
                    "extreme_definition": "|valence| = 1 and |arousal| = 1 (the four corners of the grid)"},
@@ -583,7 +585,8 @@ def _markdown(r: dict) -> str:
         "# Evaluation report",
         "",
         f"Checkpoint `{ck['path']}` (step {ck['step']}, {ck['image_size']}x{ck['image_size']}); "
-        f"{data['faces']} faces of `{data['path']}` ({data['images']} images), spread evenly over the cache; "
+        f"{data['faces']} faces of `{data['path']}` ({data['images']} images), spread evenly over the cache"
+        + (f" and shifted by {data['offset']} images" if data.get("offset") else "") + "; "
         f"{r['labels']['count']} target labels on a {r['labels']['grid']}x{r['labels']['grid']} grid of [-1, 1]^2 "
         f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
         + ", ".join(f"`{m}`" for m in modes) + " (`paper`: x_gen = G(E(x), y), as Lindt et al.; "

@@ -82,8 +82,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["residual", "paper"], default="residual",
                    help="residual: apply only the generator's change between the face's own and the target expression "
                    "to the sharp photo (keeps identity and detail); paper: replace the face by G(E(x), y) as Lindt et al.")
-    p.add_argument("--strength", type=float, default=1.0,
-                   help="scale of the change in residual mode (1 = as generated; 1.5 exaggerates; in (0, 4])")
+    p.add_argument("--strength", type=float, default=None,
+                   help="scale of the change in residual mode, in (0, 4] (1 = as generated; default: the strength "
+                   "calibrated for the model, stored with its weights, else 1)")
 
 
 def _load_editor(args: argparse.Namespace):

@@ -46,6 +46,9 @@ def _register_evaluate(subparsers) -> None:
                         help="labels per axis of the target grid over [-1, 1]^2, odd (default: 7, the paper's 49 labels)")
     parser.add_argument("--examples", type=int, default=3,
                         help="faces shown in the Fig. 3 grids (default: 3; 0 = no Fig. 3)")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="shift the chosen faces by this many images (default: 0); e.g. choose a setting "
+                        "with --offset 3 and report with 0, on disjoint faces")
     parser.add_argument("--batch-faces", type=int, default=8,
                         help="faces edited per batch (each to every label; default: 8)")
     parser.add_argument("--no-identity", action="store_true",
@@ -68,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not modes:
         raise UserError("--modes is empty; pass e.g. --modes residual,paper")
     result = evaluate(args.checkpoint, args.data, args.regressors, args.output, faces=args.faces, modes=modes,
-                      grid=args.grid, examples=args.examples, batch_faces=args.batch_faces,
+                      grid=args.grid, examples=args.examples, batch_faces=args.batch_faces, offset=args.offset,
                       identity=not args.no_identity, device=args.device)
     out = Path(args.output)
     print(f"wrote {out / 'README.md'} and {out / 'metrics.json'} "

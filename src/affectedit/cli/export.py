@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=["onnx", "weights"], default="onnx", help="onnx (default) or weights")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="model.onnx for onnx; a folder for weights")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--strength", type=float, default=None,
+                   help="weights only: the residual strength editors use by default with these weights (e.g. the "
+                   "one `affectedit evaluate` calibrated); default: none stored, i.e. 1")
     p.set_defaults(func=run_export)
 
 
@@ -33,12 +36,14 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(f"{out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}")
         if out.suffix.lower() != ".onnx":
             raise UserError(f"ONNX output {out} should end in .onnx")
+        if args.strength is not None:
+            raise UserError("--strength is stored with --format weights only (the ONNX graph computes G(E(x), y))")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
         from affectedit.editor import export_weights
 
         if out.exists() and not out.is_dir():
             raise UserError(f"{out} is a file; --format weights writes a folder (affectedit.pt + affectedit.json)")
-        path = export_weights(args.checkpoint, out, force=args.force)
+        path = export_weights(args.checkpoint, out, force=args.force, strength=args.strength)
     print(f"wrote {path}")
     return 0
