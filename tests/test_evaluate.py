@@ -119,7 +119,20 @@ def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
         assert edits[mode].shape == (2, 9, 3, 32, 32)
         direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=base, strength=strength)
         assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5)
-    assert parse_mode("residual@0.5") == ("residual", 0.5) and parse_mode("paper") == ("paper", None)
+    # "+mask": inside the ellipse core the edit itself, outside it the input exactly, between a blend
+    from affectedit.faces import face_mask
+
+    masked = grid_edits(editor, crops, labels, ("residual+mask@2",))["residual+mask@2"]
+    alpha = torch.tensor(face_mask(32))
+    x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert torch.allclose(masked[..., alpha == 0], x[:, None].expand_as(masked)[..., alpha == 0], atol=1e-6)
+    assert torch.allclose(masked[..., alpha == 1], edits["residual@2"][..., alpha == 1], atol=1e-6)
+    assert (masked - edits["residual@2"]).abs().amax() > 0
+    for bad in ("residual+blur", "paper+mask@2"):
+        with pytest.raises(UserError):
+            parse_mode(bad)
+    assert parse_mode("residual@0.5") == ("residual", 0.5, False) and parse_mode("paper") == ("paper", None, False)
+    assert parse_mode("residual+mask@1.5") == ("residual", 1.5, True) and parse_mode("paper+mask") == ("paper", None, True)
     for bad in ("paper@2", "residual@x", "residual@9", "magic"):
         with pytest.raises(UserError):
             parse_mode(bad)

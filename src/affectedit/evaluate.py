@@ -180,29 +180,38 @@ def _summary(values) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Editing a batch of faces to every label.
 
-def parse_mode(name: str) -> tuple[str, float | None]:
-    """An edit mode as the report names it: "paper", "residual", or "residual@S" (residual edit
-    with strength S in (0, 4], e.g. "residual@2"). Returns (base mode, strength or None)."""
-    base, _, strength = str(name).partition("@")
-    if base not in ("residual", "paper") or (strength and base != "residual"):
-        raise UserError(f"unknown edit mode {name!r}; use residual, paper or residual@STRENGTH (e.g. residual@2)")
+def parse_mode(name: str) -> tuple[str, float | None, bool]:
+    """An edit mode as the report names it: "paper" or "residual", then optionally "+mask" (the
+    edit blended into the input with the feathered face ellipse ``faces.face_mask``, exactly what
+    ``faces.paste_back`` does when a photo is edited: pixels outside the ellipse keep the input's
+    values), then, for residual, optionally "@S" (strength S in (0, 4]). E.g. "residual@2",
+    "residual+mask@1.5", "paper+mask". Returns (base mode, strength or None, masked)."""
+    text, _, strength = str(name).partition("@")
+    base, plus, suffix = text.partition("+")
+    usage = "use paper or residual, optionally +mask, and for residual @STRENGTH (e.g. residual+mask@1.5)"
+    if base not in ("residual", "paper") or (strength and base != "residual") or (plus and suffix != "mask"):
+        raise UserError(f"unknown edit mode {name!r}; {usage}")
+    masked = bool(plus)
     if not strength:
-        return base, None
+        return base, None, masked
     try:
         value = float(strength)
     except ValueError:
         raise UserError(f"edit mode {name!r}: the strength after @ must be a number, e.g. residual@2") from None
     if not (math.isfinite(value) and 0 < value <= 4):
         raise UserError(f"edit mode {name!r}: the strength must be in (0, 4]")
-    return base, value
+    return base, value, masked
 
 
 @torch.inference_mode()
 def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper")) -> dict[str, torch.Tensor]:
     """Every crop (B x 3 x S x S in [-1, 1]) edited to every label (L x 2), for each mode (see
     ``parse_mode``): {mode: B x L x 3 x S x S}. Equal to ``editor.edit_crops(crops repeated, labels
-    tiled, mode, strength)`` but E(x), the estimate of the face's own label and G(E(x), y_x) run
-    once per face instead of once per (face, label), and G(E(x), y) is shared by the modes."""
+    tiled, mode, strength)`` (then, for "+mask", blended into the crop with ``face_mask``) but E(x),
+    the estimate of the face's own label and G(E(x), y_x) run once per face instead of once per
+    (face, label), and G(E(x), y) is shared by the modes."""
+    from affectedit.faces import face_mask
+
     x = editor._as_crops(crops)
     y = torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(-1, 2)
     B, L = len(x), len(y)
@@ -211,19 +220,23 @@ def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper"))
     source = None
     out = {}
     for mode in modes:
-        base, strength = parse_mode(mode)
+        base, strength, masked = parse_mode(mode)
         if base == "paper":
-            out[mode] = target
+            edit = target
         else:
             if source is None:
                 source = editor.generate(z, editor.estimate_labels(x, z))
             strength = editor.strength if strength is None else strength
-            out[mode] = (x[:, None] + strength * (target - source[:, None])).clamp_(-1, 1)
+            edit = (x[:, None] + strength * (target - source[:, None])).clamp_(-1, 1)
+        if masked:
+            alpha = torch.tensor(face_mask(x.shape[-1]), device=x.device, dtype=x.dtype)
+            edit = x[:, None] + alpha * (edit - x[:, None])
+        out[mode] = edit
     return out
 
 
 def _file_part(mode: str) -> str:
-    return mode.replace("@", "-strength")
+    return mode.replace("@", "-strength").replace("+", "-")
 
 
 # ---------------------------------------------------------------------------------------------
