@@ -604,7 +604,8 @@ def _markdown(r: dict) -> str:
         f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
         + ", ".join(f"`{m}`" for m in modes) + " (`paper`: x_gen = G(E(x), y), as Lindt et al.; "
         "`residual`: x + G(E(x), y) - G(E(x), y_x), y_x the label the face already shows (estimated); "
-        "`residual@S`: x + S (G(E(x), y) - G(E(x), y_x))).",
+        "`residual@S`: x + S (G(E(x), y) - G(E(x), y_x)); `+mask`: the edit blended into x with the feathered "
+        "face ellipse, x + m (edit - x), as an edited photo receives it from paste-back).",
         "",
         "Regressors: " + "; ".join(f"{d} `{v['path']}` (width {v['width']}, input {v['image_size']}, "
                                     f"{v.get('step')} steps)"
@@ -683,7 +684,8 @@ def _markdown(r: dict) -> str:
         "",
         (f"Mean absolute change |edit - input| as a fraction of the 8-bit range, outside the face "
         f"(face_mask == 0, {bg['background_pixels']} pixels of the crop) and, for comparison, inside it "
-        f"(face_mask >= 0.5, {bg['face_pixels']} pixels)."),
+        f"(face_mask >= 0.5, {bg['face_pixels']} pixels)."
+        + (" `+mask` modes leave the background unchanged by construction (0 here)." if any("+mask" in m for m in modes) else "")),
         "",
         "| mode | background mean | background 95th pct | face mean | face 95th pct |",
         "|---|---|---|---|---|",
