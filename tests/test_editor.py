@@ -299,3 +299,27 @@ def test_residual_mode_adds_the_generators_change(tiny_checkpoint, editor):
     assert torch.allclose(out, expect, atol=1e-5)
     with pytest.raises(UserError, match="mode"):
         editor.edit_crops(x, target, mode="magic")
+
+
+def test_label_range_maps_the_dials_onto_the_trained_labels(tiny_checkpoint, editor, tmp_path):
+    from affectedit.editor import label_range
+
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.uniform(-0.5, 0.8, 1000), rng.uniform(-0.2, 0.9, 1000)], 1)
+    r = label_range(labels)
+    assert r[0][0] == pytest.approx(-0.5, abs=0.01) and r[1][1] == pytest.approx(0.9, abs=0.01)
+    assert label_range(np.full((10, 2), 0.5)) == [[0.0, 0.5], [0.0, 0.5]]  # 0 stays inside
+    ranged = Editor.from_checkpoint(tiny_checkpoint, device="cpu", label_range=r)
+    y = torch.tensor([[1.0, -1.0], [-0.5, 0.5], [0.0, 0.0]])
+    expect = torch.tensor([[r[0][1], r[1][0]], [-0.5 * -r[0][0], 0.5 * r[1][1]], [0.0, 0.0]])
+    assert torch.allclose(ranged.model_labels(y), expect)
+    z = editor.encode(torch.rand(3, 3, editor.image_size, editor.image_size) * 2 - 1)
+    assert torch.allclose(ranged.generate(z, y), editor.generate(z, expect), atol=1e-6)
+    assert torch.equal(editor.model_labels(y), y)  # no range: the paper's labels as given
+    # stored with exported weights and picked up when loading them
+    export_weights(tiny_checkpoint, tmp_path / "w", label_range=r)
+    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w").label_range == r
+    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w", label_range=None).label_range is None
+    for bad in ([[0.2, 0.8], [-0.2, 0.9]], [[-0.5, 0.8]], [[-2, 0.8], [-0.2, 0.9]], "wide"):
+        with pytest.raises(UserError, match="label_range"):
+            Editor.from_checkpoint(tiny_checkpoint, device="cpu", label_range=bad)

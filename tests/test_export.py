@@ -71,7 +71,7 @@ def test_onnx_matches_pytorch_on_real_faces(ort, tiny_run, tiny_cache, tmp_path)
         assert np.abs(got - want).max() <= ATOL
 
 
-def test_export_weights_and_errors(tiny_run, tmp_path, capsys):
+def test_export_weights_and_errors(tiny_run, tiny_cache, tmp_path, capsys):
     from affectedit.editor import Editor
 
     folder = tmp_path / "weights"
@@ -85,6 +85,10 @@ def test_export_weights_and_errors(tiny_run, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force",
                  "--strength", "1.3"]) == 0
     assert Editor.from_pretrained(device="cpu", weights_dir=folder).strength == 1.3
+    assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force",
+                 "--label-range-from", str(tiny_cache)]) == 0
+    r = Editor.from_pretrained(device="cpu", weights_dir=folder).label_range
+    assert r is not None and all(lo <= 0 <= hi for lo, hi in r)
     assert main(["export", "--checkpoint", str(tiny_run), "-o", str(tmp_path / "m.onnx"), "--strength", "2"]) == 2
     assert "--format weights only" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "onnx", "-o", str(tmp_path / "model.bin")]) == 2

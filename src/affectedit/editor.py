@@ -243,7 +243,7 @@ def _verify(pt: Path, meta: Path) -> None:
 
 
 def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, step: int | None, force: bool,
-                   strength: float | None = None) -> Path:
+                   strength: float | None = None, label_range=None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {
@@ -274,18 +274,21 @@ def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, 
     }
     if strength is not None:
         info["strength"] = _check_strength(strength)  # the default residual strength for these weights
+    if label_range is not None:
+        info["label_range"] = _check_label_range(label_range)  # the dial [-1, 1] maps onto this range
     with atomic_path(meta) as tmp:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
     return pt
 
 
 def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, force: bool = True,
-                   strength: float | None = None) -> Path:
+                   strength: float | None = None, label_range=None) -> Path:
     """Write the inference weights of a training checkpoint to ``out_dir``: ``affectedit.pt`` (E and
     G in float16 plus the config; loadable with ``torch.load(weights_only=True)``) and
     ``affectedit.json`` (its sha256, size, step and, if given, ``strength``: the residual strength
     editors loading these weights use unless told otherwise, e.g. the one calibrated by
-    ``affectedit evaluate``).  Both are written atomically.  Returns the .pt path."""
+    ``affectedit evaluate``) and ``label_range`` (see ``Editor``; e.g. ``label_range(cache.labels)``
+    of the training cache).  Both are written atomically.  Returns the .pt path."""
     from affectedit.train import load_checkpoint
 
     state = load_checkpoint(checkpoint)
@@ -293,7 +296,33 @@ def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fo
         if name not in state["models"]:
             raise UserError(f"checkpoint {checkpoint} holds no {name} weights")
     return _write_weights(state["models"]["encoder"], state["models"]["generator"], state["config"], out_dir,
-                          state.get("step"), force, strength)
+                          state.get("step"), force, strength, label_range)
+
+
+def label_range(labels, tail: float = 0.1) -> list[list[float]]:
+    """The range of training labels a model has seen: [[valence low, high], [arousal low, high]],
+    the ``tail`` and 100 - ``tail`` percentiles of N x 2 labels (robust to a few outliers), with
+    low <= 0 <= high (the dial's 0 stays the label 0)."""
+    a = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
+    a = a[np.isfinite(a).all(1)]
+    if len(a) == 0:
+        raise UserError("no finite valence/arousal labels to take a label range from")
+    lo, hi = np.percentile(a, tail, axis=0), np.percentile(a, 100 - tail, axis=0)
+    return [[round(float(min(lo[d], 0.0)), 4), round(float(max(hi[d], 0.0)), 4)] for d in range(2)]
+
+
+def _check_label_range(value) -> list[list[float]] | None:
+    if value is None:
+        return None
+    try:
+        r = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        r = np.zeros(0)
+    if r.shape != (2, 2) or not np.isfinite(r).all() or (r[:, 0] > 0).any() or (r[:, 1] < 0).any() \
+            or (np.abs(r) > 1).any() or (r[:, 1] - r[:, 0] <= 0).any():
+        raise UserError(f"label_range must be [[valence low, high], [arousal low, high]] with -1 <= low <= 0 <= high <= 1, "
+                        f"got {value!r}")
+    return r.tolist()
 
 
 def _check_strength(strength) -> float:
@@ -394,7 +423,7 @@ class Editor:
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
                  precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, label_range=None):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES:
@@ -402,6 +431,12 @@ class Editor:
         self.mode = mode
         # None: 1 (the change as generated); from_checkpoint fills in the weights' calibrated strength.
         self.strength = 1.0 if strength is None else _check_strength(strength)
+        # label_range [[v_lo, v_hi], [a_lo, a_hi]]: the labels the model was trained on. The dials'
+        # [-1, 0] and [0, 1] map linearly onto [lo, 0] and [0, hi] before G sees them, so a target
+        # the training data never reached (e.g. calm faces in LFW) asks for the nearest the model
+        # knows instead of an extrapolation. None: labels go to G as given (the paper).
+        self.label_range = _check_label_range(label_range)
+        self._range = None if self.label_range is None else torch.tensor(self.label_range, dtype=torch.float32)
         self.device = _pick_device(device)
         self.precision = precision
         self.config = config
@@ -436,6 +471,8 @@ class Editor:
                 _verify(path, meta)
                 if options.get("strength") is None and info.get("strength") is not None:
                     options["strength"] = info["strength"]
+                if "label_range" not in options and info.get("label_range") is not None:
+                    options["label_range"] = info["label_range"]
         state = load_checkpoint(path)
         dev = _pick_device(device)
         cfg, models = models_from_checkpoint(state, ("encoder", "generator"), device=dev)
@@ -464,7 +501,8 @@ class Editor:
         """Write this editor's E and G as ``out_dir/affectedit.pt`` (fp16) + ``affectedit.json``
         (sha256), the pair ``from_pretrained(weights_dir=out_dir)`` loads."""
         return _write_weights(self.encoder.state_dict(), self.generator.state_dict(), self.config.to_dict(),
-                              out_dir, self.step, force, self.strength if self.strength != 1.0 else None)
+                              out_dir, self.step, force, self.strength if self.strength != 1.0 else None,
+                              self.label_range)
 
     # ------------------------------------------------------------------ tensors
 
@@ -529,8 +567,9 @@ class Editor:
 
     @torch.inference_mode()
     def generate(self, z: torch.Tensor, labels) -> torch.Tensor:
-        """x_gen = G(z, y): z N x z_dim, labels N x 2 (or one pair) -> N x 3 x S x S in [-1, 1] (CPU)."""
-        y = _check_labels(labels, len(z))
+        """x_gen = G(z, y): z N x z_dim, labels N x 2 (or one pair; dial values, mapped by
+        ``model_labels``) -> N x 3 x S x S in [-1, 1] (CPU)."""
+        y = self.model_labels(_check_labels(labels, len(z)))
         out = []
         with self._threads():
             for i in range(0, len(z), self.batch_size):
@@ -539,6 +578,13 @@ class Editor:
                 out.append(g.float().clamp_(-1, 1).cpu().contiguous())
         S = self.image_size
         return torch.cat(out) if out else torch.zeros(0, 3, S, S)
+
+    def model_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Dial labels (N x 2 in [-1, 1]) -> the labels G is given: unchanged without a
+        ``label_range``; with one, [-1, 0] -> [lo, 0] and [0, 1] -> [0, hi] per dimension."""
+        if self._range is None:
+            return labels
+        return torch.where(labels < 0, labels * -self._range[:, 0], labels * self._range[:, 1])
 
     @torch.inference_mode()
     def estimate_labels(self, crops, z: torch.Tensor | None = None) -> torch.Tensor:

@@ -397,7 +397,8 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     n = len(chosen)
     targets = np.tile(labels, (n, 1))  # face-major, label-minor: the order of the predictions
     result: dict = {
-        "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S},
+        "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S,
+                       "label_range": editor.label_range},
         "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist()},
         "labels": {"grid": grid, "values": labels.tolist(), "count": L,
                    "extreme": labels[extreme_mask(labels)].tolist(),
@@ -597,7 +598,10 @@ def _markdown(r: dict) -> str:
     lines = [
         "# Evaluation report",
         "",
-        f"Checkpoint `{ck['path']}` (step {ck['step']}, {ck['image_size']}x{ck['image_size']}); "
+        f"Checkpoint `{ck['path']}` (step {ck['step']}, {ck['image_size']}x{ck['image_size']}"
+        + (f"; target labels mapped onto the training range valence {ck['label_range'][0]}, arousal "
+           f"{ck['label_range'][1]} before G sees them, scored against the targets as asked" if ck.get("label_range") else "")
+        + "); "
         f"{data['faces']} faces of `{data['path']}` ({data['images']} images), spread evenly over the cache"
         + (f" and shifted by {data['offset']} images" if data.get("offset") else "") + "; "
         f"{r['labels']['count']} target labels on a {r['labels']['grid']}x{r['labels']['grid']} grid of [-1, 1]^2 "

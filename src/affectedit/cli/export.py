@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=None,
                    help="weights only: the residual strength editors use by default with these weights (e.g. the "
                    "one `affectedit evaluate` calibrated); default: none stored, i.e. 1")
+    p.add_argument("--label-range-from", metavar="CACHE", default=None,
+                   help="weights only: the training cache; its labels' range (0.1-99.9th percentiles) is stored so "
+                   "that the dials' [-1, 1] map onto the labels the model has seen (default: labels used as given)")
     p.set_defaults(func=run_export)
 
 
@@ -36,14 +39,22 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(f"{out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}")
         if out.suffix.lower() != ".onnx":
             raise UserError(f"ONNX output {out} should end in .onnx")
-        if args.strength is not None:
-            raise UserError("--strength is stored with --format weights only (the ONNX graph computes G(E(x), y))")
+        if args.strength is not None or args.label_range_from is not None:
+            raise UserError("--strength and --label-range-from are stored with --format weights only "
+                            "(the ONNX graph computes G(E(x), y))")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
         from affectedit.editor import export_weights
 
         if out.exists() and not out.is_dir():
             raise UserError(f"{out} is a file; --format weights writes a folder (affectedit.pt + affectedit.json)")
-        path = export_weights(args.checkpoint, out, force=args.force, strength=args.strength)
+        from affectedit.editor import label_range
+
+        labels_range = None
+        if args.label_range_from is not None:
+            from affectedit.data.cache import FaceCache
+
+            labels_range = label_range(FaceCache(args.label_range_from).labels)
+        path = export_weights(args.checkpoint, out, force=args.force, strength=args.strength, label_range=labels_range)
     print(f"wrote {path}")
     return 0
