@@ -258,6 +258,8 @@ def test_export_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path
     assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w2").step == 2
     with pytest.raises(UserError, match="already exists"):
         export_weights(tiny_checkpoint, tmp_path / "w", force=False)
+    # the same weights give the same bytes (no temporary file name inside the archive)
+    assert ed._sha256(export_weights(tiny_checkpoint, tmp_path / "again")) == meta["sha256"]
     # a calibrated strength stored with the weights becomes the editors' default; an explicit one wins
     assert loaded.strength == 1.0 and "strength" not in meta
     export_weights(tiny_checkpoint, tmp_path / "w3", strength=1.2)

@@ -262,7 +262,8 @@ def _write_weights(encoder_sd: dict, generator_sd: dict, config: dict, out_dir, 
             if p.exists():
                 raise UserError(f"{p} already exists; pass --force to overwrite it")
     with atomic_path(pt) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as fh:  # a file object: the archive's inner folder is "archive", not the
+            torch.save(state, fh)     # temporary name, so the same weights give the same bytes
     info = {
         "file": WEIGHTS_NAME,
         "sha256": _sha256(pt),
