@@ -357,6 +357,9 @@ def test_checkpoint_and_exported_weights_survive_a_crash_mid_write(tiny_checkpoi
 
     def half_then_die(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
+        if hasattr(f, "write"):  # a file object (export_weights) or a path (save_checkpoint)
+            f.flush()
+            f = f.name
         Path(f).write_bytes(Path(f).read_bytes()[:1000])
         raise RuntimeError("killed mid-write")
     monkeypatch.setattr(torch, "save", half_then_die)
