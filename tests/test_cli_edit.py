@@ -114,3 +114,23 @@ def test_grid_and_animate_commands(ck, tmp_path):
         assert max(im.size) <= 160
     assert main(["animate", str(PORTRAIT), "--path", "0,0", "-o", str(tmp_path / "b.gif"), *ck]) == 2
     assert main(["animate", str(PORTRAIT), "--path", "0,0 1,1", "-o", str(tmp_path / "b.avi"), *ck]) == 2
+
+
+def test_edit_keeps_the_photos_colours_unless_asked(tmp_path):
+    """The bundled model: by default only the brightness of the generator's change is applied, so
+    R, G and B move together; --colour-change applies its colour shifts too."""
+    import numpy as np
+
+    outs = {}
+    for name, extra in (("kept", []), ("colour", ["--colour-change"])):
+        out = tmp_path / f"{name}.png"
+        assert main(["edit", str(PORTRAIT), "--valence", "0.9", "--arousal", "0.5", "-o", str(out), "--device", "cpu",
+                     *extra]) == 0
+        with Image.open(out) as res, Image.open(PORTRAIT) as src:
+            outs[name] = np.asarray(res.convert("RGB"), dtype=np.float64) - np.asarray(src.convert("RGB"), dtype=np.float64)
+    spread = {}
+    for name, d in outs.items():
+        changed = np.abs(d).max(2) > 4
+        assert changed.sum() > 1000  # a real edit of the face
+        spread[name] = float(np.mean(np.abs(d[changed] - d[changed].mean(1, keepdims=True))))
+    assert spread["kept"] < 0.5 * spread["colour"], spread

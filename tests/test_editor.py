@@ -295,10 +295,17 @@ def test_residual_mode_adds_the_generators_change(tiny_checkpoint, editor):
     same = editor.edit_crops(x, own, mode="residual")
     assert torch.allclose(same, x, atol=1e-5)
     target = torch.tensor([0.9, 0.5])
-    out = editor.edit_crops(x, target, mode="residual")
+    out = editor.edit_crops(x, target, mode="residual", keep_colour=False)
     z = editor.encode(x)
-    expect = (x + editor.generate(z, target) - editor.generate(z, own)).clamp(-1, 1)
-    assert torch.allclose(out, expect, atol=1e-5)
+    change = editor.generate(z, target) - editor.generate(z, own)
+    assert torch.allclose(out, (x + change).clamp(-1, 1), atol=1e-5)
+    # by default only the brightness (BT.601 luma) of the change: equal in R, G and B
+    kept = editor.edit_crops(x, target, mode="residual")
+    luma = (0.299 * change[:, 0] + 0.587 * change[:, 1] + 0.114 * change[:, 2])[:, None].expand_as(change)
+    assert torch.allclose(kept, (x + luma).clamp(-1, 1), atol=1e-5)
+    inside = (x + luma).abs().amax(1) < 0.99  # away from clamping, R, G and B move together
+    d = kept - x
+    assert torch.allclose(d[:, 0][inside], d[:, 1][inside], atol=1e-5) and torch.allclose(d[:, 0][inside], d[:, 2][inside], atol=1e-5)
     with pytest.raises(UserError, match="mode"):
         editor.edit_crops(x, target, mode="magic")
 

@@ -114,11 +114,17 @@ def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
     editor = Editor.from_checkpoint(tiny_run / "run" / "checkpoint.pt", device="cpu")
     crops = np.ascontiguousarray(FaceCache(tiny_cache).images[:2])
     labels = label_grid(3)
-    edits = grid_edits(editor, crops, labels, ("residual", "paper", "residual@2"))
-    for mode, base, strength in (("residual", "residual", 1.0), ("paper", "paper", None), ("residual@2", "residual", 2.0)):
+    edits = grid_edits(editor, crops, labels, ("residual", "paper", "residual@2", "residual+luma@2"))
+    for mode, base, strength, luma in (("residual", "residual", 1.0, False), ("paper", "paper", None, False),
+                                       ("residual@2", "residual", 2.0, False), ("residual+luma@2", "residual", 2.0, True)):
         assert edits[mode].shape == (2, 9, 3, 32, 32)
-        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=base, strength=strength)
+        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=base, strength=strength,
+                                   keep_colour=luma)
         assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5)
+    x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
+    d = edits["residual+luma@2"] - x[:, None]  # the same change in R, G and B (away from clamping)
+    free = edits["residual+luma@2"].abs().amax(2) < 0.999
+    assert torch.allclose(d[:, :, 0][free], d[:, :, 1][free], atol=1e-5) and torch.allclose(d[:, :, 0][free], d[:, :, 2][free], atol=1e-5)
     # "+mask": inside the ellipse core the edit itself, outside it the input exactly, between a blend
     from affectedit.faces import face_mask
 
@@ -128,11 +134,13 @@ def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
     assert torch.allclose(masked[..., alpha == 0], x[:, None].expand_as(masked)[..., alpha == 0], atol=1e-6)
     assert torch.allclose(masked[..., alpha == 1], edits["residual@2"][..., alpha == 1], atol=1e-6)
     assert (masked - edits["residual@2"]).abs().amax() > 0
-    for bad in ("residual+blur", "paper+mask@2"):
+    for bad in ("residual+blur", "paper+mask@2", "paper+luma", "residual+mask+mask"):
         with pytest.raises(UserError):
             parse_mode(bad)
-    assert parse_mode("residual@0.5") == ("residual", 0.5, False) and parse_mode("paper") == ("paper", None, False)
-    assert parse_mode("residual+mask@1.5") == ("residual", 1.5, True) and parse_mode("paper+mask") == ("paper", None, True)
+    assert parse_mode("residual@0.5") == ("residual", 0.5, False, False) and parse_mode("paper") == ("paper", None, False, False)
+    assert parse_mode("residual+mask@1.5") == ("residual", 1.5, True, False)
+    assert parse_mode("paper+mask") == ("paper", None, True, False)
+    assert parse_mode("residual+mask+luma@2") == parse_mode("residual+luma+mask@2") == ("residual", 2.0, True, True)
     for bad in ("paper@2", "residual@x", "residual@9", "magic"):
         with pytest.raises(UserError):
             parse_mode(bad)

@@ -300,6 +300,15 @@ def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fo
                           state.get("step"), force, strength, label_range)
 
 
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R BT.601 weights
+
+
+def luma_change(delta: torch.Tensor) -> torch.Tensor:
+    """An RGB change (N x 3 x H x W) reduced to its brightness part (BT.601 luma of the change,
+    the same in the 3 channels): shading and shape survive, colour casts do not."""
+    return (delta * _LUMA.to(delta.device, delta.dtype)).sum(1, keepdim=True).expand_as(delta)
+
+
 def label_range(labels, tail: float = 0.1) -> list[list[float]]:
     """The range of training labels a model has seen: [[valence low, high], [arousal low, high]],
     the ``tail`` and 100 - ``tail`` percentiles of N x 2 labels (robust to a few outliers), with
@@ -424,7 +433,7 @@ class Editor:
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
                  precision: str = "auto", batch_size: int = 64, mode: str = "residual", strength: float | None = None,
-                 threads: int | None = None, label_range=None):
+                 threads: int | None = None, label_range=None, keep_colour: bool = True):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if mode not in MODES:
@@ -432,6 +441,9 @@ class Editor:
         self.mode = mode
         # None: 1 (the change as generated); from_checkpoint fills in the weights' calibrated strength.
         self.strength = 1.0 if strength is None else _check_strength(strength)
+        # Residual mode: apply only the brightness part of the generator's change (``luma_change``),
+        # so the photo keeps its own colours; False applies the RGB change as generated.
+        self.keep_colour = bool(keep_colour)
         # label_range [[v_lo, v_hi], [a_lo, a_hi]]: the labels the model was trained on. The dials'
         # [-1, 0] and [0, 1] map linearly onto [lo, 0] and [0, hi] before G sees them, so a target
         # the training data never reached (e.g. calm faces in LFW) asks for the nearest the model
@@ -598,7 +610,8 @@ class Editor:
         return LABEL_GRID[_closest(gen.view(len(z), k, -1), x)]
 
     @torch.inference_mode()
-    def edit_crops(self, crops, labels, mode: str | None = None, strength: float | None = None) -> torch.Tensor:
+    def edit_crops(self, crops, labels, mode: str | None = None, strength: float | None = None,
+                   keep_colour: bool | None = None) -> torch.Tensor:
         """Edit aligned crops: N x 3 x S x S in [-1, 1] (or uint8 N x S x S x 3, as in a face cache),
         labels N x 2 (valence, arousal) in [-1, 1] or one pair for all. Returns N x 3 x S x S in
         [-1, 1] on the CPU; batched by ``batch_size``.
@@ -607,7 +620,8 @@ class Editor:
         mode "residual" (default): x + strength * (G(E(x), y) - G(E(x), y_x)), where y_x is the label
         the face already shows (``estimate_labels``). Only the change the generator makes between
         the two expressions is applied, so the input's own detail, identity and background survive
-        where the paper's reconstruction would blur them."""
+        where the paper's reconstruction would blur them. With ``keep_colour`` (default: the
+        editor's, True) only the brightness part of that change is applied (``luma_change``)."""
         mode = mode or self.mode
         strength = self.strength if strength is None else float(strength)
         if mode not in MODES:
@@ -623,7 +637,10 @@ class Editor:
         gen = self.generate(torch.cat([z, z.repeat_interleave(k, 0)]), torch.cat([y, LABEL_GRID.repeat(n, 1)]))
         target, cand = gen[:n], gen[n:].view(n, k, *gen.shape[1:])
         source = cand[torch.arange(n), _closest(cand.view(n, k, -1), x)]
-        return (x + strength * (target - source)).clamp_(-1, 1)
+        change = target - source
+        if self.keep_colour if keep_colour is None else keep_colour:
+            change = luma_change(change)
+        return (x + strength * change).clamp_(-1, 1)
 
     def reconstruct(self, crops, labels) -> torch.Tensor:
         """G(E(x), y_x) with each crop's own label: the paper's reconstruction (L_rec, eq. 1).
@@ -817,7 +834,8 @@ class Editor:
             for k in range(len(y)):
                 g = edited[k * F:(k + 1) * F]
                 if source is not None:
-                    g = (x + self.strength * (g - source)).clamp_(-1, 1)
+                    change = luma_change(g - source) if self.keep_colour else g - source
+                    g = (x + self.strength * change).clamp_(-1, 1)
                 frames.append(self._paste_edits(base, faces, x, g))
         with atomic_path(out, force=force) as tmp:
             if kind == ".gif":

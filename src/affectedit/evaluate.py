@@ -180,27 +180,30 @@ def _summary(values) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Editing a batch of faces to every label.
 
-def parse_mode(name: str) -> tuple[str, float | None, bool]:
+def parse_mode(name: str) -> tuple[str, float | None, bool, bool]:
     """An edit mode as the report names it: "paper" or "residual", then optionally "+mask" (the
     edit blended into the input with the feathered face ellipse ``faces.face_mask``, exactly what
     ``faces.paste_back`` does when a photo is edited: pixels outside the ellipse keep the input's
-    values), then, for residual, optionally "@S" (strength S in (0, 4]). E.g. "residual@2",
-    "residual+mask@1.5", "paper+mask". Returns (base mode, strength or None, masked)."""
+    values), for residual optionally "+luma" (only the brightness part of the change,
+    ``editor.luma_change``: the photo keeps its colours), then, for residual, optionally "@S"
+    (strength S in (0, 4]). E.g. "residual@2", "residual+mask+luma@2", "paper+mask".
+    Returns (base mode, strength or None, masked, luma)."""
     text, _, strength = str(name).partition("@")
-    base, plus, suffix = text.partition("+")
-    usage = "use paper or residual, optionally +mask, and for residual @STRENGTH (e.g. residual+mask@1.5)"
-    if base not in ("residual", "paper") or (strength and base != "residual") or (plus and suffix != "mask"):
+    base, *suffixes = text.split("+")
+    usage = "use paper or residual, optionally +mask, and for residual +luma and @STRENGTH (e.g. residual+mask+luma@2)"
+    if (base not in ("residual", "paper") or (strength and base != "residual") or len(set(suffixes)) != len(suffixes)
+            or not set(suffixes) <= {"mask", "luma"} or (base == "paper" and "luma" in suffixes)):
         raise UserError(f"unknown edit mode {name!r}; {usage}")
-    masked = bool(plus)
+    masked, luma = "mask" in suffixes, "luma" in suffixes
     if not strength:
-        return base, None, masked
+        return base, None, masked, luma
     try:
         value = float(strength)
     except ValueError:
         raise UserError(f"edit mode {name!r}: the strength after @ must be a number, e.g. residual@2") from None
     if not (math.isfinite(value) and 0 < value <= 4):
         raise UserError(f"edit mode {name!r}: the strength must be in (0, 4]")
-    return base, value, masked
+    return base, value, masked, luma
 
 
 @torch.inference_mode()
@@ -210,6 +213,7 @@ def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper"))
     tiled, mode, strength)`` (then, for "+mask", blended into the crop with ``face_mask``) but E(x),
     the estimate of the face's own label and G(E(x), y_x) run once per face instead of once per
     (face, label), and G(E(x), y) is shared by the modes."""
+    from affectedit.editor import luma_change
     from affectedit.faces import face_mask
 
     x = editor._as_crops(crops)
@@ -220,14 +224,17 @@ def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper"))
     source = None
     out = {}
     for mode in modes:
-        base, strength, masked = parse_mode(mode)
+        base, strength, masked, luma = parse_mode(mode)
         if base == "paper":
             edit = target
         else:
             if source is None:
                 source = editor.generate(z, editor.estimate_labels(x, z))
             strength = editor.strength if strength is None else strength
-            edit = (x[:, None] + strength * (target - source[:, None])).clamp_(-1, 1)
+            change = target - source[:, None]
+            if luma:
+                change = luma_change(change.flatten(0, 1)).view_as(change)
+            edit = (x[:, None] + strength * change).clamp_(-1, 1)
         if masked:
             alpha = torch.tensor(face_mask(x.shape[-1]), device=x.device, dtype=x.dtype)
             edit = x[:, None] + alpha * (edit - x[:, None])
@@ -609,7 +616,8 @@ def _markdown(r: dict) -> str:
         + ", ".join(f"`{m}`" for m in modes) + " (`paper`: x_gen = G(E(x), y), as Lindt et al.; "
         "`residual`: x + G(E(x), y) - G(E(x), y_x), y_x the label the face already shows (estimated); "
         "`residual@S`: x + S (G(E(x), y) - G(E(x), y_x)); `+mask`: the edit blended into x with the feathered "
-        "face ellipse, x + m (edit - x), as an edited photo receives it from paste-back).",
+        "face ellipse, x + m (edit - x), as an edited photo receives it from paste-back; `+luma`: only the "
+        "brightness (BT.601 luma) of the change, the same in R, G and B, so the input keeps its colours).",
         "",
         "Regressors: " + "; ".join(f"{d} `{v['path']}` (width {v['width']}, input {v['image_size']}, "
                                     f"{v.get('step')} steps)"

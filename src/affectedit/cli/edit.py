@@ -85,13 +85,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, default=None,
                    help="scale of the change in residual mode, in (0, 4] (1 = as generated; default: the strength "
                    "calibrated for the model, stored with its weights, else 1)")
+    p.add_argument("--colour-change", action="store_true",
+                   help="residual mode: also apply the generator's colour change (default: only its brightness "
+                   "change, so the photo keeps its own colours)")
 
 
 def _load_editor(args: argparse.Namespace):
     from affectedit.editor import Editor
 
     precision = "fp32" if args.fp32 else "auto"
-    options = {"mode": args.mode, "strength": args.strength}
+    options = {"mode": args.mode, "strength": args.strength, "keep_colour": not args.colour_change}
     if args.checkpoint:
         return Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision, **options)
     return Editor.from_pretrained(device=args.device, precision=precision, **options)

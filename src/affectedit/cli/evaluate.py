@@ -41,8 +41,9 @@ def _register_evaluate(subparsers) -> None:
                         help="faces to edit, spread evenly over the cache (default: 100; the paper: 4,500)")
     parser.add_argument("--modes", default="residual,paper",
                         help="comma-separated edit modes to compare: residual or paper, optionally +mask (blended "
-                        "into the input with the feathered face ellipse, as an edited photo is), and for residual "
-                        "@STRENGTH (the change amplified, e.g. residual+mask@1.5) (default: residual,paper)")
+                        "into the input with the feathered face ellipse, as an edited photo is), for residual +luma "
+                        "(only the brightness of the change: the photo keeps its colours, as the editor does by "
+                        "default) and @STRENGTH (the change amplified), e.g. residual+mask+luma@2 (default: residual,paper)")
     parser.add_argument("--grid", type=int, default=7,
                         help="labels per axis of the target grid over [-1, 1]^2, odd (default: 7, the paper's 49 labels)")
     parser.add_argument("--examples", type=int, default=3,
@@ -77,12 +78,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = Path(args.output)
     print(f"wrote {out / 'README.md'} and {out / 'metrics.json'} "
           f"({result['data']['faces']} faces x {result['labels']['count']} labels, step {result['checkpoint']['step']})")
-    print(f"{'Table IV':20} {'valence RMSE/SAGR/CCC':>24}   {'arousal RMSE/SAGR/CCC':>24}")
-    rows = [(f"{m}"[:20], result["table_iv"]["modes"][m]["all"]) for m in result["modes"]]
+    print(f"{'Table IV':28} {'valence RMSE/SAGR/CCC':>24}   {'arousal RMSE/SAGR/CCC':>24}")
+    rows = [(f"{m}"[:28], result["table_iv"]["modes"][m]["all"]) for m in result["modes"]]
     rows.append(("no edit", result["table_iv"]["unedited"]["all"]))
     for name, s in rows:
         cells = ["/".join(f"{s[d][k]:.3f}" for k in ("rmse", "sagr", "ccc")) for d in ("valence", "arousal")]
-        print(f"{name:20} {cells[0]:>24}   {cells[1]:>24}")
+        print(f"{name:28} {cells[0]:>24}   {cells[1]:>24}")
     return 0
 
 
