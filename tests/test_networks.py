@@ -73,7 +73,7 @@ def test_init_is_paper_init():
     m = build_models(get_config("paper").model)
     w = m["encoder"].convs[0].weight.detach()
     assert abs(float(w.std()) - 0.02) < 0.003 and abs(float(w.mean())) < 0.003
-    assert float(m["encoder"].convs[0].bias.abs().max()) == 0.0
+    assert float(m["encoder"].convs[0].bias.detach().abs().max()) == 0.0
 
 
 def test_bad_image_size():
