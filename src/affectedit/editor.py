@@ -300,13 +300,13 @@ def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, fo
                           state.get("step"), force, strength, label_range)
 
 
-_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R BT.601 weights
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)  # ITU-R BT.601 weights
 
 
 def luma_change(delta: torch.Tensor) -> torch.Tensor:
-    """An RGB change (N x 3 x H x W) reduced to its brightness part (BT.601 luma of the change,
+    """An RGB change (... x 3 x H x W) reduced to its brightness part (BT.601 luma of the change,
     the same in the 3 channels): shading and shape survive, colour casts do not."""
-    return (delta * _LUMA.to(delta.device, delta.dtype)).sum(1, keepdim=True).expand_as(delta)
+    return (delta * _LUMA.to(delta.device, delta.dtype)).sum(-3, keepdim=True).expand_as(delta)
 
 
 def label_range(labels, tail: float = 0.1) -> list[list[float]]:
@@ -623,7 +623,6 @@ class Editor:
         where the paper's reconstruction would blur them. With ``keep_colour`` (default: the
         editor's, True) only the brightness part of that change is applied (``luma_change``)."""
         mode = mode or self.mode
-        strength = self.strength if strength is None else float(strength)
         if mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         x = self._as_crops(crops)
@@ -637,10 +636,17 @@ class Editor:
         gen = self.generate(torch.cat([z, z.repeat_interleave(k, 0)]), torch.cat([y, LABEL_GRID.repeat(n, 1)]))
         target, cand = gen[:n], gen[n:].view(n, k, *gen.shape[1:])
         source = cand[torch.arange(n), _closest(cand.view(n, k, -1), x)]
+        return self.apply_change(x, target, source, strength, keep_colour)
+
+    def apply_change(self, x: torch.Tensor, target: torch.Tensor, source: torch.Tensor,
+                     strength: float | None = None, keep_colour: bool | None = None) -> torch.Tensor:
+        """The residual edit x + strength * (target - source), clamped to [-1, 1]; with
+        ``keep_colour`` only the brightness of the change (``luma_change``). ``strength`` and
+        ``keep_colour`` default to the editor's. Broadcasts (e.g. B x 1 x ... against B x L x ...)."""
         change = target - source
         if self.keep_colour if keep_colour is None else keep_colour:
             change = luma_change(change)
-        return (x + strength * change).clamp_(-1, 1)
+        return (x + (self.strength if strength is None else strength) * change).clamp_(-1, 1)
 
     def reconstruct(self, crops, labels) -> torch.Tensor:
         """G(E(x), y_x) with each crop's own label: the paper's reconstruction (L_rec, eq. 1).
@@ -834,8 +840,7 @@ class Editor:
             for k in range(len(y)):
                 g = edited[k * F:(k + 1) * F]
                 if source is not None:
-                    change = luma_change(g - source) if self.keep_colour else g - source
-                    g = (x + self.strength * change).clamp_(-1, 1)
+                    g = self.apply_change(x, g, source)
                 frames.append(self._paste_edits(base, faces, x, g))
         with atomic_path(out, force=force) as tmp:
             if kind == ".gif":

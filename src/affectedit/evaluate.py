@@ -213,7 +213,6 @@ def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper"))
     tiled, mode, strength)`` (then, for "+mask", blended into the crop with ``face_mask``) but E(x),
     the estimate of the face's own label and G(E(x), y_x) run once per face instead of once per
     (face, label), and G(E(x), y) is shared by the modes."""
-    from affectedit.editor import luma_change
     from affectedit.faces import face_mask
 
     x = editor._as_crops(crops)
@@ -230,11 +229,7 @@ def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper"))
         else:
             if source is None:
                 source = editor.generate(z, editor.estimate_labels(x, z))
-            strength = editor.strength if strength is None else strength
-            change = target - source[:, None]
-            if luma:
-                change = luma_change(change.flatten(0, 1)).view_as(change)
-            edit = (x[:, None] + strength * change).clamp_(-1, 1)
+            edit = editor.apply_change(x[:, None], target, source[:, None], strength, keep_colour=luma)
         if masked:
             alpha = torch.tensor(face_mask(x.shape[-1]), device=x.device, dtype=x.dtype)
             edit = x[:, None] + alpha * (edit - x[:, None])

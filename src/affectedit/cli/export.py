@@ -44,12 +44,10 @@ def run_export(args: argparse.Namespace) -> int:
                             "(the ONNX graph computes G(E(x), y))")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
-        from affectedit.editor import export_weights
+        from affectedit.editor import export_weights, label_range
 
         if out.exists() and not out.is_dir():
             raise UserError(f"{out} is a file; --format weights writes a folder (affectedit.pt + affectedit.json)")
-        from affectedit.editor import label_range
-
         labels_range = None
         if args.label_range_from is not None:
             from affectedit.data.cache import FaceCache
