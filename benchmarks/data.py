@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affectedit.data.cache import FaceCache, batches, prefetch, prepare
+from affectedit.data.cache import FaceCache, batches, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw-expressions"
@@ -85,11 +85,6 @@ def main() -> None:
             for hflip in (True, False):
                 rows.append((f"loader batches({args.batch}, hflip={hflip}) on {what}, {cache.size}px, torch threads {threads}",
                              bench_loader(cache, args.batch, args.seconds, hflip)))
-        it = prefetch(batches(cache, args.batch, seed=0), 2)
-        n, t = 0, time.perf_counter()
-        while time.perf_counter() - t < args.seconds:
-            n += len(next(it)[0])
-        rows.append((f"loader prefetch(batches({args.batch})), torch threads {threads}", n / (time.perf_counter() - t)))
         t = time.perf_counter()
         k = 2000
         for i in np.random.default_rng(0).integers(0, len(cache), k):

@@ -6,7 +6,7 @@
     python benchmarks/edit_latency.py --threads 1                # on a CPU shared with other jobs
 
 Stages of ``Editor.edit``: decode (open + decode the JPEG), detect (HOG + 5 landmarks), align (warp to
-S x S), network (E then G, one face), paste (warp back + blend into the full photo). "end-to-end" is
+S x S), network (E then G, one face: the CropEdit), paste (the change applied to the full photo). "end-to-end" is
 one ``Editor.edit(path, v, a)`` call timed as a whole (it includes the stages and the glue). Medians
 over ``--repeats`` runs after 2 warm-up runs, in milliseconds. Random weights time the same as trained
 ones (the networks have no data-dependent control flow). The target is 100 ms end to end.
@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from affectedit.config import get_config
-from affectedit.data.cache import denormalize, normalize
-from affectedit.editor import Editor, open_image
-from affectedit.faces import align_faces_batch, detect_faces, paste_back
+from affectedit.editor import Editor
+from affectedit.faces import align_faces_batch, detect_faces
+from affectedit.images import normalize, open_image
 from affectedit.networks import build_models
+from affectedit.warp import apply_to_photo
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "london-portraits" / "images" / "neutral_front" / "001_03.jpg"
 STAGES = ["decode", "detect", "align", "network", "paste", "end-to-end"]
@@ -49,17 +50,14 @@ def _ms(fn, repeats: int, sync) -> tuple[float, object]:
 
 
 def measure(editor: Editor, image: Path, repeats: int) -> dict[str, float]:
-    from PIL import Image
-
     sync = torch.cuda.synchronize if editor.device.type == "cuda" else (lambda: None)
     res = {}
     res["decode"], photo = _ms(lambda: open_image(image).convert("RGB"), repeats, sync)
     res["detect"], faces = _ms(lambda: detect_faces(photo), repeats, sync)
     faces = faces[:1]
     res["align"], crops = _ms(lambda: normalize(align_faces_batch(photo, faces, editor.image_size)), repeats, sync)
-    res["network"], edited = _ms(lambda: editor.edit_crops(crops, torch.tensor([0.8, 0.5])), repeats, sync)
-    crop = Image.fromarray(denormalize(edited)[0], "RGB")
-    res["paste"], _ = _ms(lambda: paste_back(photo, faces[0], crop), repeats, sync)
+    res["network"], change = _ms(lambda: editor.crop_edit(crops, torch.tensor([0.8, 0.5])), repeats, sync)
+    res["paste"], _ = _ms(lambda: apply_to_photo(photo, faces, change), repeats, sync)
     res["end-to-end"], _ = _ms(lambda: editor.edit(image, 0.8, 0.5, face=0), repeats, sync)
     return res
 

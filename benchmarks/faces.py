@@ -23,7 +23,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from affectedit import faces as F  # noqa: E402
+from affectedit import faces as F
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -185,7 +185,7 @@ def main(argv=None):
     print()
 
     # per-image pipeline timings with the default detector on the london portraits
-    t_det, t_align, t_paste, t_mask = [], [], [], []
+    t_det, t_align, t_paste = [], [], []
     for p in london:
         img = Image.open(p)
         img.load()
@@ -204,7 +204,7 @@ def main(argv=None):
     big = Image.open(london[0]).resize((4032, 3024), Image.BILINEAR)  # a 12-megapixel photo
     fs = F.detect_faces(big)
     t_big = {}
-    for k in range(3):
+    for _ in range(3):
         t = time.perf_counter(); fs = F.detect_faces(big); t_big.setdefault("detect", []).append(time.perf_counter() - t)
         if fs:
             t = time.perf_counter(); crop = F.align_face(big, fs[0], args.size); t_big.setdefault("align", []).append(time.perf_counter() - t)

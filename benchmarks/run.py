@@ -164,10 +164,10 @@ def bench_ceiling(t: Table, seconds: float) -> None:
 def _auto_threads() -> int | None:
     """The thread count the Editor's automatic policy would pick now (None: an Editor without one)."""
     try:
-        from affectedit.editor import _auto_threads as policy
+        from affectedit.runtime import ThreadPolicy
     except ImportError:
         return None
-    return policy(torch.get_num_threads())
+    return ThreadPolicy()(torch.get_num_threads())
 
 
 def _eg(preset: str):
@@ -285,7 +285,7 @@ def bench_e2e(t: Table, presets, checkpoint: Path | None, image: Path, repeats: 
     for preset in presets:
         editor, what = _editor_for(preset, checkpoint)
         for mode in ("residual", "paper"):
-            editor.mode = mode
+            editor.edit_config = editor.edit_config.update(mode=mode)
             res = edit_latency.measure(editor, image, repeats)
             note = ", ".join(f"{k} {res[k]:.0f}" for k in ("decode", "detect", "align", "network", "paste"))
             t.add("e2e", f"{preset} {editor.image_size}px {mode} mode, 1 face of {image.name} ({what})", res["end-to-end"], "ms",

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_editor import PORTRAIT, PORTRAIT2
 
+from affectedit.checkpoint import BUNDLED_DIR, WEIGHTS_NAME
 from affectedit.cli import main
-from affectedit.editor import EMOTIONS, WEIGHTS_DIR, WEIGHTS_NAME
+from affectedit.emotions import EMOTIONS
+from test_editor import PORTRAIT, PORTRAIT2
 
 pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
 
@@ -87,7 +89,7 @@ def test_edit_option_errors(ck, tmp_path, capsys):
     assert main(["edit", str(PORTRAIT), "--emotion", "happy", "--valence", "1", "--arousal", "0", "-o", out, *ck]) == 2
     assert main(["edit", str(tmp_path / "missing.jpg"), "--emotion", "happy", "-o", out, *ck]) == 2
     assert "not found" in capsys.readouterr().err
-    if not (WEIGHTS_DIR / WEIGHTS_NAME).exists():
+    if not (BUNDLED_DIR / WEIGHTS_NAME).exists():
         assert main(["edit", str(PORTRAIT), "--emotion", "happy", "-o", out]) == 2
         assert "no bundled weights" in capsys.readouterr().err
 
@@ -118,11 +120,11 @@ def test_grid_and_animate_commands(ck, tmp_path):
 
 def test_edit_keeps_the_photos_colours_unless_asked(tmp_path):
     """The bundled model: by default only the brightness of the generator's change is applied, so
-    R, G and B move together; --colour-change applies its colour shifts too."""
+    R, G and B move together; --colour change applies its colour shifts too."""
     import numpy as np
 
     outs = {}
-    for name, extra in (("kept", []), ("colour", ["--colour-change"])):
+    for name, extra in (("kept", []), ("colour", ["--colour", "change"])):
         out = tmp_path / f"{name}.png"
         assert main(["edit", str(PORTRAIT), "--valence", "0.9", "--arousal", "0.5", "-o", str(out), "--device", "cpu",
                      *extra]) == 0
@@ -134,3 +136,14 @@ def test_edit_keeps_the_photos_colours_unless_asked(tmp_path):
         assert changed.sum() > 1000  # a real edit of the face
         spread[name] = float(np.mean(np.abs(d[changed] - d[changed].mean(1, keepdims=True))))
     assert spread["kept"] < 0.5 * spread["colour"], spread
+
+
+def test_zero_strength_changes_no_pixel(tmp_path):
+    """The bundled model, --strength 0, a lossless output: every pixel of the example as it was."""
+    import numpy as np
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "london_001_neutral.jpg"
+    out = tmp_path / "same.png"
+    assert main(["edit", str(example), "--emotion", "happy", "--strength", "0", "-o", str(out), "--device", "cpu"]) == 0
+    with Image.open(out) as res, Image.open(example) as src:
+        assert np.array_equal(np.asarray(res.convert("RGB")), np.asarray(src.convert("RGB")))

@@ -182,14 +182,9 @@ def test_batches_deterministic_resumable_and_flipped(tmp_path):
     assert torch.equal(x[0], plain[int(torch.nonzero((lab == first[0][1][0]).all(1))[0])])
 
 
-def test_batches_shards_are_disjoint(tmp_path):
+def test_batch_size_and_unfinished_cache_errors(tmp_path):
     _fake_cache(tmp_path / "c", n=40)
     c = FaceCache(tmp_path / "c")
-    per_rank = []
-    for rank in range(2):
-        it = batches(c, 5, seed=0, hflip=False, shard=(rank, 2))
-        per_rank.append({tuple(v.tolist()) for _ in range(4) for v in next(it)[1]})
-    assert len(per_rank[0]) == len(per_rank[1]) == 20 and not per_rank[0] & per_rank[1]
     with pytest.raises(UserError, match="larger than"):
         next(batches(c, 41, seed=0))
     with pytest.raises(UserError, match="not a finished face cache"):
@@ -231,29 +226,6 @@ def test_dataset_landmarks_and_boxes_give_the_detected_alignment():
     on_crop = lambda m, p: p @ m[:2, :2].T + m[:, 2]  # noqa: E731
     assert np.allclose(on_crop(f5.transform, eyes), [(t[2] + t[3]) / 2, (t[0] + t[1]) / 2])
     assert np.abs(on_crop(f5.transform, lm) - on_crop(face.transform, lm)).max() < 0.03
-
-
-def test_prefetch_matches_plain_iteration(tmp_path):
-    from affectedit.data import prefetch, steps_per_epoch
-
-    _fake_cache(tmp_path / "c", n=30)
-    c = FaceCache(tmp_path / "c")
-    assert steps_per_epoch(c, 7) == 4 and steps_per_epoch(c, 7, world_size=2) == 2
-    plain = batches(c, 7, seed=1)
-    fetched = prefetch(batches(c, 7, seed=1), 3)
-    for _ in range(6):
-        a, b = next(plain), next(fetched)
-        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    fetched.close()
-
-    def boom():
-        yield 1
-        raise RuntimeError("bad batch")
-
-    it = prefetch(boom())
-    assert next(it) == 1
-    with pytest.raises(RuntimeError, match="bad batch"):
-        next(it)
 
 
 def test_balance_weights_raise_rare_expressions_on_the_real_labels():

@@ -1,7 +1,8 @@
-"""The Editor on real portraits with a tiny checkpoint (trained 2 steps in this session)."""
+"""The Editor on real portraits with a tiny checkpoint (trained 2 steps in this session) and with
+the bundled model."""
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -10,23 +11,25 @@ import pytest
 import torch
 from PIL import Image
 
-from affectedit import editor as ed
 from affectedit import faces as F
-from affectedit.editor import EMOTIONS, Editor, emotion, export_weights
+from affectedit.checkpoint import WEIGHTS_NAME, export_weights, read_weights
+from affectedit.editor import EditConfig, Editor, FaceCodes, label_range
 from affectedit.errors import UserError
+from affectedit.warp import CropEdit, Fields, compose, luma_change
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 LONDON = DATA / "london-portraits" / "images"
 PORTRAIT = LONDON / "neutral_front" / "001_03.jpg"
 PORTRAIT2 = LONDON / "smiling_front" / "001_08.jpg"
+EXAMPLE = ROOT / "examples" / "london_001_neutral.jpg"  # 675 x 675
 
 pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
 
 
 @pytest.fixture(scope="module")
 def editor(tiny_checkpoint) -> Editor:
-    return Editor.from_checkpoint(tiny_checkpoint, device="cpu")
+    return Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
 
 
 class LabelColour(torch.nn.Module):
@@ -43,10 +46,25 @@ class LabelColour(torch.nn.Module):
         return out
 
 
+class WarpStub(torch.nn.Module):
+    """A stand-in warp-head generator: flow = (valence, arousal) / 10 everywhere, mask 0.5, grey."""
+
+    head = "warp"
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, z, y):
+        n, s = len(z), self.size
+        flow = (y / 10)[:, :, None, None].expand(n, 2, s, s).contiguous()
+        return Fields(flow, torch.full((n, 1, s, s), 0.5), torch.zeros(n, 3, s, s))
+
+
 @pytest.fixture()
 def colour_editor(tiny_checkpoint) -> Editor:
     # paper mode: the output is the generator's own image, whose colour encodes the label
-    e = Editor.from_checkpoint(tiny_checkpoint, device="cpu", mode="paper")
+    e = Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", mode="paper", strength=1)
     e.generator = LabelColour(e.image_size)
     return e
 
@@ -71,36 +89,12 @@ def _outside(photo: Image.Image, editor: Editor, margin: int = 3) -> np.ndarray:
     return inside == 0
 
 
-# ----------------------------------------------------------------------------------- vocabulary
-
-
-def test_emotions_vocabulary():
-    for word in ("happy", "excited", "delighted", "calm", "relaxed", "content", "sad", "depressed", "bored",
-                 "tired", "angry", "afraid", "tense", "surprised", "disgusted", "neutral"):
-        assert word in EMOTIONS
-    for v, a in EMOTIONS.values():
-        assert -1 <= v <= 1 and -1 <= a <= 1
-    assert EMOTIONS["neutral"] == (0.0, 0.0)
-    assert EMOTIONS["happy"][0] > 0.5 and EMOTIONS["sad"][0] < -0.5
-    assert EMOTIONS["excited"][1] > 0.5 and EMOTIONS["tired"][1] < -0.5
-    assert emotion("  Happy ") == EMOTIONS["happy"] and emotion("at_ease") == EMOTIONS["at ease"]
-    with pytest.raises(UserError, match="unknown emotion 'gleeful'.*happy.*sad"):
-        emotion("gleeful")
-
-
-def test_parse_path():
-    assert ed.parse_path("0,0 0.8,0.5;-0.6,-0.4") == [(0.0, 0.0), (0.8, 0.5), (-0.6, -0.4)]
-    assert ed.parse_path("neutral happy") == [(0.0, 0.0), EMOTIONS["happy"]]
-    for bad in ("0,0", "0,0 2,0", "0,0 1,2,3", "0,0 gleeful"):
-        with pytest.raises(UserError):
-            ed.parse_path(bad)
-
-
 # ----------------------------------------------------------------------------------- edit
 
 
 def test_edit_keeps_size_mode_and_background(editor, portrait):
-    out = editor.edit(portrait, 0.8, 0.5)
+    before = np.array(portrait)  # a copy: the input must not be modified
+    out = editor.edit(portrait, 0.8, 0.5, mode="paper")  # the 2-step model's residual change is ~0
     assert out.size == portrait.size and out.mode == portrait.mode
     a, b = np.asarray(portrait), np.asarray(out)
     outside = _outside(portrait, editor)
@@ -112,7 +106,19 @@ def test_edit_keeps_size_mode_and_background(editor, portrait):
         assert np.array_equal(a[sl], b[sl])
     changed = (a != b).any(2)
     assert changed[~outside].mean() > 0.2
-    assert np.asarray(portrait).sum() == a.sum()  # the input is not modified
+    assert np.array_equal(np.asarray(portrait), before)
+
+
+def test_zero_change_leaves_every_pixel_of_the_photo(editor):
+    """strength 0 is no change in every mode: the 675 x 675 example comes back byte-identical."""
+    src = np.asarray(Image.open(EXAMPLE).convert("RGB"))
+    bundled = Editor.from_pretrained(device="cpu")
+    for ed in (bundled, editor):
+        for mode in ("residual", "paper"):
+            out = np.asarray(ed.edit(EXAMPLE, 0.8, 0.5, mode=mode, strength=0))
+            assert out.shape == src.shape and np.array_equal(out, src), (mode, int((out != src).any(2).sum()))
+    # and an edit that is not zero does change the face
+    assert (np.asarray(bundled.edit(EXAMPLE, 0.8, 0.5)) != src).any(2).sum() > 1000
 
 
 def test_edit_accepts_path_array_and_pil(editor, portrait):
@@ -184,12 +190,15 @@ def test_edit_crops_on_cache_images(editor, tiny_cache):
         editor.edit_crops(imgs, (0, 3))
     crop = F.align_face(Image.open(PORTRAIT), F.detect_faces(Image.open(PORTRAIT))[0], 80)
     assert editor.edit_aligned(crop, 0.3, 0.3).size == (80, 80)
+    assert np.array_equal(np.asarray(editor.edit_aligned(crop, 0.3, 0.3, strength=0)), np.asarray(crop))
 
 
 def test_precision_and_device(tiny_checkpoint, editor):
     x = torch.rand(3, 3, editor.image_size, editor.image_size) * 2 - 1
     bf16 = Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="bf16")
+    assert bf16.precision == "bf16" and editor.precision == "fp32"
     assert torch.allclose(bf16.edit_crops(x, (0.2, 0.2)), editor.edit_crops(x, (0.2, 0.2)), atol=0.05)
+    assert Editor.from_checkpoint(tiny_checkpoint, device="cpu").precision in ("fp32", "bf16")  # auto
     with pytest.raises(UserError, match="precision"):
         Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp8")
     with pytest.raises(UserError, match="device"):
@@ -197,6 +206,78 @@ def test_precision_and_device(tiny_checkpoint, editor):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             Editor.from_checkpoint(tiny_checkpoint, device="cuda")
+
+
+# ----------------------------------------------------------------------------------- modes
+
+
+def test_residual_mode_adds_the_generators_change(editor):
+    """x + (G(z, y) - G(z, y_x)): with the target equal to the estimated own label nothing changes;
+    otherwise the change equals the difference of the two generations."""
+    x = torch.rand(2, 3, editor.image_size, editor.image_size) * 1.6 - 0.8
+    own = editor.estimate_labels(x)
+    assert own.shape == (2, 2) and own.abs().max() <= 1
+    assert torch.allclose(editor.edit_crops(x, own, mode="residual"), x, atol=1e-5)
+    target = torch.tensor([0.9, 0.5])
+    z = editor.encode(x)
+    change = editor.generate(z, target) - editor.generate(z, own)
+    out = editor.edit_crops(x, target, mode="residual", colour="change", strength=1)
+    assert torch.allclose(out, (x + change).clamp(-1, 1), atol=1e-5)
+    # colour "keep" (the default): only the brightness (BT.601 luma) of the change, equal in R, G and B
+    luma = (0.299 * change[:, 0] + 0.587 * change[:, 1] + 0.114 * change[:, 2])[:, None].expand_as(change)
+    assert torch.allclose(luma, luma_change(change), atol=1e-6)
+    kept = editor.edit_crops(x, target, mode="residual", strength=1)
+    assert torch.allclose(kept, (x + luma).clamp(-1, 1), atol=1e-5)
+    # the strength scales the change; 0 is no change at all
+    assert torch.allclose(editor.edit_crops(x, target, strength=2.5), (x + 2.5 * luma).clamp(-1, 1), atol=1e-5)
+    assert torch.equal(editor.edit_crops(x, target, strength=0), x)
+    with pytest.raises(UserError, match="mode"):
+        editor.edit_crops(x, target, mode="magic")
+    with pytest.raises(UserError, match="strength"):
+        editor.edit_crops(x, target, strength=4.5)
+
+
+def test_paper_mode_pastes_the_generated_face(editor):
+    x = torch.rand(2, 3, editor.image_size, editor.image_size) * 2 - 1
+    y = torch.tensor([[0.3, -0.2], [-0.7, 0.6]])
+    g = editor.generate(editor.encode(x), y)
+    change = editor.crop_edit(x, y, mode="paper", strength=3)  # the mask saturates at 1
+    assert torch.equal(change.mask, torch.ones_like(change.mask)) and change.delta is None
+    assert torch.equal(compose(x, change), g)
+    half = compose(x, editor.crop_edit(x, y, mode="paper", strength=0.5))
+    assert torch.allclose(half, (x + g) / 2, atol=1e-6)
+
+
+def test_one_face_code_serves_many_labels(editor):
+    """crop_edit on repeated FaceCodes equals crop_edit on repeated crops (E and y_x run once)."""
+    x = torch.rand(2, 3, editor.image_size, editor.image_size) * 2 - 1
+    codes = editor.encode_faces(x, own=True)
+    assert isinstance(codes, FaceCodes) and codes.source.shape == x.shape
+    rows = torch.tensor([0, 0, 1, 1, 1])
+    y = torch.tensor([[0.5, 0.5], [-0.5, 0.1], [0.9, -0.9], [0.0, 0.0], [-1.0, 1.0]])
+    a = compose(x[rows], editor.crop_edit(codes[rows], y))
+    b = editor.edit_crops(x[rows], y)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_warp_head_fields_become_the_edit(tiny_checkpoint, editor, portrait):
+    """A generator with the warp head: its Fields, scaled by the strength, are the CropEdit."""
+    warp = Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32")
+    warp.generator = WarpStub(warp.image_size)
+    S = warp.image_size
+    x = torch.rand(2, 3, S, S) * 2 - 1
+    y = torch.tensor([[0.5, -1.0], [0.0, 0.2]])
+    change = warp.crop_edit(x, y, mode="warp", strength=2)
+    assert torch.allclose(change.flow[:, :, 0, 0], 2 * y / 10) and torch.allclose(change.mask, torch.ones_like(change.mask))
+    assert change.delta is None and torch.equal(change.colour, torch.zeros(2, 3, S, S))
+    assert torch.equal(compose(x, warp.crop_edit(x, y, mode="warp", strength=0)), x)
+    # an Editor built around a warp-head generator defaults to the warp mode
+    assert Editor(editor.encoder, WarpStub(S), editor.config, "cpu").edit_config.mode == "warp"
+    src = np.asarray(portrait.convert("RGB"))
+    assert np.array_equal(np.asarray(warp.edit(portrait, 0.5, 0.5, mode="warp", strength=0)), src)
+    assert (np.asarray(warp.edit(portrait, 0.5, 0.5, mode="warp")) != src).any()
+    with pytest.raises(UserError, match="warp head"):
+        editor.crop_edit(x, y, mode="warp")
 
 
 # ----------------------------------------------------------------------------------- figures
@@ -240,95 +321,142 @@ def test_animate_gif_and_mp4(colour_editor, tmp_path):
     assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left behind
 
 
-# ----------------------------------------------------------------------------------- weights
+def test_animation_frames_are_the_edits_of_the_photo(editor, tmp_path, monkeypatch):
+    """Each frame is the photo edited to the frame's label, by the same edit as ``edit``."""
+    from affectedit import figures
+
+    frames = []
+    monkeypatch.setattr(figures, "write_animation", lambda path, f, fps: frames.extend(f))
+    photo = Image.open(PORTRAIT).convert("RGB").crop((0, 0, 674, 674))  # even sides: the frames' own size
+    editor.animate(photo, [(0.8, 0.5), (-0.5, 0.2)], tmp_path / "a.gif", fps=1, size=None)
+    assert len(frames) == 2
+    for frame, (v, a) in zip(frames, [(0.8, 0.5), (-0.5, 0.2)]):
+        assert np.array_equal(np.asarray(frame), np.asarray(editor.edit(photo, v, a)))
 
 
-def test_export_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path):
-    pt = export_weights(tiny_checkpoint, tmp_path / "w")
-    meta = json.loads((tmp_path / "w" / ed.WEIGHTS_JSON).read_text())
-    assert pt.name == ed.WEIGHTS_NAME and meta["sha256"] == ed._sha256(pt) and meta["step"] == 2
-    state = torch.load(pt, weights_only=True)
-    assert set(state["models"]) == {"encoder", "generator"}
+# ----------------------------------------------------------------------------------- weights and settings
+
+
+def test_save_pretrained_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path):
+    path = editor.save_pretrained(tmp_path / "w")
+    assert path == tmp_path / "w" / WEIGHTS_NAME and sorted(p.name for p in (tmp_path / "w").iterdir()) == [WEIGHTS_NAME]
+    state = read_weights(path)
+    assert set(state["models"]) == {"encoder", "generator"} and state["step"] == 2
     assert all(v.dtype == torch.float16 for v in state["models"]["generator"].values() if v.is_floating_point())
-    loaded = Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w")
+    loaded = Editor.from_pretrained(tmp_path / "w", device="cpu", precision="fp32")
+    assert loaded.edit_config == editor.edit_config and loaded.step == 2
     x = torch.rand(2, 3, editor.image_size, editor.image_size) * 2 - 1
     assert torch.allclose(loaded.edit_crops(x, (0.5, 0.5)), editor.edit_crops(x, (0.5, 0.5)), atol=2e-2)
-    # save_pretrained writes the same kind of pair
-    loaded.save_pretrained(tmp_path / "w2")
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w2").step == 2
+    # a file path and from_checkpoint work too; the same weights give the same bytes
+    assert Editor.from_pretrained(path, device="cpu").step == Editor.from_checkpoint(tmp_path / "w", device="cpu").step == 2
+    assert loaded.save_pretrained(tmp_path / "again").read_bytes() == path.read_bytes()
     with pytest.raises(UserError, match="already exists"):
-        export_weights(tiny_checkpoint, tmp_path / "w", force=False)
-    # the same weights give the same bytes (no temporary file name inside the archive)
-    assert ed._sha256(export_weights(tiny_checkpoint, tmp_path / "again")) == meta["sha256"]
-    # a calibrated strength stored with the weights becomes the editors' default; an explicit one wins
-    assert loaded.strength == 1.0 and "strength" not in meta
-    export_weights(tiny_checkpoint, tmp_path / "w3", strength=1.2)
-    assert json.loads((tmp_path / "w3" / ed.WEIGHTS_JSON).read_text())["strength"] == 1.2
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3").strength == 1.2
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3", strength=0.5).strength == 0.5
-    Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w3", strength=1.5).save_pretrained(tmp_path / "w4")
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w4").strength == 1.5
+        editor.save_pretrained(tmp_path / "w", force=False)
+    with pytest.raises(UserError, match="no weights"):
+        Editor.from_pretrained(tmp_path, device="cpu")
+
+
+def test_edit_settings_are_stored_with_the_weights(tiny_checkpoint, tmp_path):
+    """None (or left out) = the value stored with the weights, everywhere."""
+    r = [[-0.5, 0.8], [-0.2, 0.9]]
+    export_weights(tiny_checkpoint, tmp_path / "w", edit={"strength": 1.5, "colour": "change", "label_range": r})
+    stored = Editor.from_pretrained(tmp_path / "w", device="cpu")
+    assert stored.edit_config == EditConfig("residual", 1.5, "change", r)
+    assert Editor.from_pretrained(tmp_path / "w", device="cpu", strength=None, mode=None).edit_config.strength == 1.5
+    other = Editor.from_pretrained(tmp_path / "w", device="cpu", strength=0.5, label_range="off", mode="paper")
+    assert other.edit_config == EditConfig("paper", 0.5, "change", None)
+    other.save_pretrained(tmp_path / "w2")
+    assert Editor.from_pretrained(tmp_path / "w2", device="cpu").edit_config == other.edit_config
+    assert Editor.from_checkpoint(tiny_checkpoint, device="cpu").edit_config == EditConfig()  # training: defaults
     with pytest.raises(UserError, match="strength must be in"):
-        export_weights(tiny_checkpoint, tmp_path / "w5", strength=0)
-    # a damaged file fails the checksum, both ways of loading it
-    with open(pt, "ab") as fh:
-        fh.write(b"\0")
-    with pytest.raises(UserError, match="checksum mismatch"):
-        Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w")
-    with pytest.raises(UserError, match="checksum mismatch"):
-        Editor.from_checkpoint(pt, device="cpu")
-    (tmp_path / "w" / ed.WEIGHTS_JSON).unlink()
-    with pytest.raises(UserError, match="cannot be verified"):
-        Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w")
-    with pytest.raises(UserError, match="no bundled weights"):
-        Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "nothing")
+        Editor.from_checkpoint(tiny_checkpoint, device="cpu", strength=-1)
+    with pytest.raises(UserError, match="colour"):
+        EditConfig(colour="sepia")
+    with pytest.raises(UserError, match="unknown edit option"):
+        Editor.from_checkpoint(tiny_checkpoint, device="cpu", keep_colour=False)
 
 
-def test_residual_mode_adds_the_generators_change(tiny_checkpoint, editor):
-    """x + (G(z, y) - G(z, y_x)): with the target equal to the estimated own label nothing changes;
-    otherwise the change equals the difference of the two generations."""
-    from affectedit.data.cache import FaceCache  # noqa: F401 - the cache module provides normalize
+def test_damaged_weights_and_the_old_bundle(tiny_checkpoint, editor, tmp_path):
+    import hashlib
+    import json
 
-    x = torch.rand(2, 3, editor.image_size, editor.image_size) * 1.6 - 0.8
-    own = editor.estimate_labels(x)
-    assert own.shape == (2, 2) and own.abs().max() <= 1
-    same = editor.edit_crops(x, own, mode="residual")
-    assert torch.allclose(same, x, atol=1e-5)
-    target = torch.tensor([0.9, 0.5])
-    out = editor.edit_crops(x, target, mode="residual", keep_colour=False)
-    z = editor.encode(x)
-    change = editor.generate(z, target) - editor.generate(z, own)
-    assert torch.allclose(out, (x + change).clamp(-1, 1), atol=1e-5)
-    # by default only the brightness (BT.601 luma) of the change: equal in R, G and B
-    kept = editor.edit_crops(x, target, mode="residual")
-    luma = (0.299 * change[:, 0] + 0.587 * change[:, 1] + 0.114 * change[:, 2])[:, None].expand_as(change)
-    assert torch.allclose(kept, (x + luma).clamp(-1, 1), atol=1e-5)
-    inside = (x + luma).abs().amax(1) < 0.99  # away from clamping, R, G and B move together
-    d = kept - x
-    assert torch.allclose(d[:, 0][inside], d[:, 1][inside], atol=1e-5) and torch.allclose(d[:, 0][inside], d[:, 2][inside], atol=1e-5)
-    with pytest.raises(UserError, match="mode"):
-        editor.edit_crops(x, target, mode="magic")
+    path = editor.save_pretrained(tmp_path / "w")
+    with open(path, "r+b") as fh:  # flip one byte of the tensor data
+        fh.seek(-10, 2)
+        byte = fh.read(1)
+        fh.seek(-10, 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    for load in (lambda: Editor.from_pretrained(tmp_path / "w", device="cpu"), lambda: Editor.from_checkpoint(path, device="cpu")):
+        with pytest.raises(UserError, match="checksum mismatch"):
+            load()
+    # The 0.1 bundle (affectedit.pt + affectedit.json) still loads, with a FutureWarning.
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"format_version": 1, "weights_format": 1, "step": 2, "config": state["config"],
+                "models": {k: {n: t.half() for n, t in state["models"][k].items()} for k in ("encoder", "generator")}},
+               old / "affectedit.pt")
+    digest = hashlib.sha256((old / "affectedit.pt").read_bytes()).hexdigest()
+    (old / "affectedit.json").write_text(json.dumps({"file": "affectedit.pt", "sha256": digest, "strength": 1.2}))
+    with pytest.warns(FutureWarning, match="0.1 weights bundle"):
+        legacy = Editor.from_pretrained(old, device="cpu")
+    assert legacy.edit_config == EditConfig(strength=1.2) and legacy.step == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        converted = legacy.save_pretrained(tmp_path / "new")
+        with open(old / "affectedit.pt", "ab") as fh:
+            fh.write(b"\0")
+        with pytest.raises(UserError, match="checksum mismatch"):
+            Editor.from_checkpoint(old / "affectedit.pt", device="cpu")
+    assert Editor.from_pretrained(converted.parent, device="cpu").edit_config.strength == 1.2
+
+
+def test_from_pretrained_resolves_a_hub_repo_id(editor, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    path = editor.save_pretrained(tmp_path / "hub")
+    asked = {}
+
+    def fake_download(repo_id, filename, **kwargs):
+        asked.update(repo_id=repo_id, filename=filename)
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.chdir(tmp_path)
+    assert Editor.from_pretrained("someone/affectedit-small", device="cpu").step == 2
+    assert asked == {"repo_id": "someone/affectedit-small", "filename": WEIGHTS_NAME}
+
+    def offline(**kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo_id, filename, **kw: offline())
+    with pytest.raises(UserError, match="Hugging Face Hub"):
+        Editor.from_pretrained("someone/missing", device="cpu")
 
 
 def test_label_range_maps_the_dials_onto_the_trained_labels(tiny_checkpoint, editor, tmp_path):
-    from affectedit.editor import label_range
-
     rng = np.random.default_rng(0)
     labels = np.stack([rng.uniform(-0.5, 0.8, 1000), rng.uniform(-0.2, 0.9, 1000)], 1)
     r = label_range(labels)
     assert r[0][0] == pytest.approx(-0.5, abs=0.01) and r[1][1] == pytest.approx(0.9, abs=0.01)
     assert label_range(np.full((10, 2), 0.5)) == [[0.0, 0.5], [0.0, 0.5]]  # 0 stays inside
-    ranged = Editor.from_checkpoint(tiny_checkpoint, device="cpu", label_range=r)
+    ranged = Editor.from_checkpoint(tiny_checkpoint, device="cpu", precision="fp32", label_range=r)
     y = torch.tensor([[1.0, -1.0], [-0.5, 0.5], [0.0, 0.0]])
     expect = torch.tensor([[r[0][1], r[1][0]], [-0.5 * -r[0][0], 0.5 * r[1][1]], [0.0, 0.0]])
     assert torch.allclose(ranged.model_labels(y), expect)
     z = editor.encode(torch.rand(3, 3, editor.image_size, editor.image_size) * 2 - 1)
     assert torch.allclose(ranged.generate(z, y), editor.generate(z, expect), atol=1e-6)
     assert torch.equal(editor.model_labels(y), y)  # no range: the paper's labels as given
-    # stored with exported weights and picked up when loading them
-    export_weights(tiny_checkpoint, tmp_path / "w", label_range=r)
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w").label_range == r
-    assert Editor.from_pretrained(device="cpu", weights_dir=tmp_path / "w", label_range=None).label_range is None
+    export_weights(tiny_checkpoint, tmp_path / "w", edit={"label_range": r})
+    assert Editor.from_pretrained(tmp_path / "w", device="cpu").edit_config.label_range == r
+    assert Editor.from_pretrained(tmp_path / "w", device="cpu", label_range="off").edit_config.label_range is None
     for bad in ([[0.2, 0.8], [-0.2, 0.9]], [[-0.5, 0.8]], [[-2, 0.8], [-0.2, 0.9]], "wide"):
         with pytest.raises(UserError, match="label_range"):
             Editor.from_checkpoint(tiny_checkpoint, device="cpu", label_range=bad)
+
+
+def test_crop_edit_is_a_crop_edit(editor):
+    x = torch.rand(3, 3, editor.image_size, editor.image_size) * 2 - 1
+    change = editor.crop_edit(x, (0.4, 0.4))
+    assert isinstance(change, CropEdit) and len(change) == 3 and change.delta.shape == x.shape
+    assert len(change[1:]) == 2 and len(change[torch.tensor([0, 0, 2, 2])]) == 4

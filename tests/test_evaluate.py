@@ -93,55 +93,52 @@ def test_score_labels_and_face_selection():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_cache):
-    """A 2-step editor and 2-step tiny regressors on the 16-face 32x32 cache."""
-    from affectedit.config import get_config
+def tiny_run(tmp_path_factory, tiny_cache, tiny_checkpoint):
+    """The session's 2-step editor (run/checkpoint.pt) and 2-step tiny regressors on the 16-face 32x32 cache."""
     from affectedit.regressor import train_regressor
-    from affectedit.train import train
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("evaluate")
-    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, root / "run", progress=False)
+    (root / "run").mkdir()
+    (root / "run" / "checkpoint.pt").symlink_to(tiny_checkpoint)
     for d in ("valence", "arousal"):
         train_regressor(tiny_cache, None, d, 2, 4, 0.05, root / f"reg-{d}.pt", progress=False, device="cpu")
     return root
 
 
-def test_grid_edits_match_edit_crops(tiny_run, tiny_cache):
+def test_grid_edits_are_the_editors_edits(tiny_run, tiny_cache):
     from affectedit.data.cache import FaceCache
     from affectedit.editor import Editor
 
-    editor = Editor.from_checkpoint(tiny_run / "run" / "checkpoint.pt", device="cpu")
+    editor = Editor.from_checkpoint(tiny_run / "run" / "checkpoint.pt", device="cpu", precision="fp32")
     crops = np.ascontiguousarray(FaceCache(tiny_cache).images[:2])
     labels = label_grid(3)
-    edits = grid_edits(editor, crops, labels, ("residual", "paper", "residual@2", "residual+luma@2"))
-    for mode, base, strength, luma in (("residual", "residual", 1.0, False), ("paper", "paper", None, False),
-                                       ("residual@2", "residual", 2.0, False), ("residual+luma@2", "residual", 2.0, True)):
+    modes = ("residual", "paper", "residual@2", "residual+colour=change@2", "paper@0.5")
+    edits = grid_edits(editor, crops, labels, modes)
+    for mode, options in (("residual", {}), ("paper", {"mode": "paper"}), ("residual@2", {"strength": 2.0}),
+                          ("residual+colour=change@2", {"strength": 2.0, "colour": "change"}),
+                          ("paper@0.5", {"mode": "paper", "strength": 0.5})):
         assert edits[mode].shape == (2, 9, 3, 32, 32)
-        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), mode=base, strength=strength,
-                                   keep_colour=luma)
-        assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5)
+        direct = editor.edit_crops(np.repeat(crops, 9, axis=0), np.tile(labels, (2, 1)), **options)
+        assert torch.allclose(edits[mode].reshape(18, 3, 32, 32), direct, atol=1e-5), mode
     x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
-    d = edits["residual+luma@2"] - x[:, None]  # the same change in R, G and B (away from clamping)
-    free = edits["residual+luma@2"].abs().amax(2) < 0.999
+    d = edits["residual@2"] - x[:, None]  # colour "keep" (the editor's default): the same change in R, G and B
+    free = edits["residual@2"].abs().amax(2) < 0.999
     assert torch.allclose(d[:, :, 0][free], d[:, :, 1][free], atol=1e-5) and torch.allclose(d[:, :, 0][free], d[:, :, 2][free], atol=1e-5)
     # "+mask": inside the ellipse core the edit itself, outside it the input exactly, between a blend
     from affectedit.faces import face_mask
 
-    masked = grid_edits(editor, crops, labels, ("residual+mask@2",))["residual+mask@2"]
+    masked = grid_edits(editor, crops, labels, ("paper+mask",))["paper+mask"]
     alpha = torch.tensor(face_mask(32))
-    x = torch.from_numpy(crops.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1
     assert torch.allclose(masked[..., alpha == 0], x[:, None].expand_as(masked)[..., alpha == 0], atol=1e-6)
-    assert torch.allclose(masked[..., alpha == 1], edits["residual@2"][..., alpha == 1], atol=1e-6)
-    assert (masked - edits["residual@2"]).abs().amax() > 0
-    for bad in ("residual+blur", "paper+mask@2", "paper+luma", "residual+mask+mask"):
-        with pytest.raises(UserError):
-            parse_mode(bad)
-    assert parse_mode("residual@0.5") == ("residual", 0.5, False, False) and parse_mode("paper") == ("paper", None, False, False)
-    assert parse_mode("residual+mask@1.5") == ("residual", 1.5, True, False)
-    assert parse_mode("paper+mask") == ("paper", None, True, False)
-    assert parse_mode("residual+mask+luma@2") == parse_mode("residual+luma+mask@2") == ("residual", 2.0, True, True)
-    for bad in ("paper@2", "residual@x", "residual@9", "magic"):
+    assert torch.allclose(masked[..., alpha == 1], edits["paper"][..., alpha == 1], atol=1e-6)
+    assert (masked - edits["paper"]).abs().amax() > 0
+    assert parse_mode("residual@0.5") == ({"mode": "residual", "strength": 0.5, "colour": None}, False)
+    assert parse_mode("paper") == ({"mode": "paper", "strength": None, "colour": None}, False)
+    assert parse_mode("paper+mask@0") == ({"mode": "paper", "strength": 0.0, "colour": None}, True)
+    assert parse_mode("residual+mask+colour=keep@2") == parse_mode("residual+colour=keep+mask@2") \
+        == ({"mode": "residual", "strength": 2.0, "colour": "keep"}, True)
+    for bad in ("residual+blur", "residual+luma", "residual+mask+mask", "residual+colour=red", "residual@x",
+                "residual@9", "residual@", "magic", "residual+colour=keep+colour=change"):
         with pytest.raises(UserError):
             parse_mode(bad)
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from affectedit.cli import main
-from affectedit.config import get_config
 from affectedit.data.cache import FaceCache, normalize
 
 ATOL = 1e-4
@@ -30,16 +29,12 @@ def ort():
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_cache):
-    from affectedit.train import train
-
-    run = tmp_path_factory.mktemp("export-run")
-    train(get_config("tiny", ["loss.identity=0", "train.steps=2"]), tiny_cache, run, progress=False)
-    return run / "checkpoint.pt"
+def tiny_run(tiny_checkpoint):
+    return tiny_checkpoint  # the session's 2-step tiny model (conftest)
 
 
 def _reference(checkpoint, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    from affectedit.train import load_checkpoint, models_from_checkpoint
+    from affectedit.checkpoint import load_checkpoint, models_from_checkpoint
 
     _, m = models_from_checkpoint(load_checkpoint(checkpoint))
     with torch.inference_mode():
@@ -72,25 +67,33 @@ def test_onnx_matches_pytorch_on_real_faces(ort, tiny_run, tiny_cache, tmp_path)
 
 
 def test_export_weights_and_errors(tiny_run, tiny_cache, tmp_path, capsys):
-    from affectedit.editor import Editor
+    from affectedit.editor import EditConfig, Editor
 
     folder = tmp_path / "weights"
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder)]) == 0
-    assert (folder / "affectedit.pt").is_file() and (folder / "affectedit.json").is_file()
-    assert Editor.from_pretrained(device="cpu", weights_dir=folder).image_size == 32
+    assert [p.name for p in folder.iterdir()] == ["model.safetensors"]  # everything inside one file
+    loaded = Editor.from_pretrained(folder, device="cpu")
+    assert loaded.image_size == 32 and loaded.edit_config == EditConfig()
     # an existing export is not overwritten without --force
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder)]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force"]) == 0
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force",
-                 "--strength", "1.3"]) == 0
-    assert Editor.from_pretrained(device="cpu", weights_dir=folder).strength == 1.3
+                 "--strength", "1.3", "--colour", "change", "--mode", "paper"]) == 0
+    assert Editor.from_pretrained(folder, device="cpu").edit_config == EditConfig("paper", 1.3, "change")
+    # exporting exported weights keeps their settings unless told otherwise
+    again = tmp_path / "again"
+    assert main(["export", "--checkpoint", str(folder), "--format", "weights", "-o", str(again), "--strength", "0.5"]) == 0
+    assert Editor.from_pretrained(again, device="cpu").edit_config == EditConfig("paper", 0.5, "change")
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(folder), "--force",
                  "--label-range-from", str(tiny_cache)]) == 0
-    r = Editor.from_pretrained(device="cpu", weights_dir=folder).label_range
+    r = Editor.from_pretrained(folder, device="cpu").edit_config.label_range
     assert r is not None and all(lo <= 0 <= hi for lo, hi in r)
     assert main(["export", "--checkpoint", str(tiny_run), "-o", str(tmp_path / "m.onnx"), "--strength", "2"]) == 2
     assert "--format weights only" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(tmp_path / "w5"),
+                 "--strength", "9"]) == 2
+    assert "strength must be in [0, 4]" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "onnx", "-o", str(tmp_path / "model.bin")]) == 2
     assert ".onnx" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]) == 2

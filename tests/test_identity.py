@@ -9,11 +9,30 @@ import numpy as np
 import pytest
 import torch
 
-from affectedit import identity
+from affectedit import dlib_dnn, identity
 from affectedit.errors import UserError
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 N_FACES = 20
+
+
+def dlib_face_chip(image: np.ndarray, size: int = 150, padding: float = 0.25) -> np.ndarray | None:
+    """dlib's own aligned chip of the largest face in ``image`` (H x W x 3 uint8 RGB), cut exactly as
+    ``compute_face_descriptor`` cuts it (HOG detector, 5 landmarks, get_face_chip), or None."""
+    import dlib
+
+    predictor = dlib.shape_predictor(str(identity.dlib_model_path("shape_predictor_5_face_landmarks.dat")))
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    boxes = dlib.get_frontal_face_detector()(image, 1)
+    if len(boxes) == 0:
+        return None
+    box = max(boxes, key=lambda b: b.width() * b.height())
+    return dlib.get_face_chip(image, predictor(image, box), size, padding)
+
+
+def chip_to_tensor(chips) -> torch.Tensor:
+    """uint8 RGB chips (a sequence of H x W x 3) -> N x 3 x H x W in [-1, 1]."""
+    return torch.from_numpy(np.stack(list(chips))).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _face_files() -> list[pathlib.Path]:
@@ -36,7 +55,7 @@ def chips() -> list[np.ndarray]:
 
     out = []
     for path in _face_files():
-        chip = identity.dlib_face_chip(np.asarray(Image.open(path).convert("RGB")))
+        chip = dlib_face_chip(np.asarray(Image.open(path).convert("RGB")))
         if chip is not None:
             out.append(chip)
         if len(out) == N_FACES:
@@ -51,7 +70,7 @@ def test_dlib_port_matches_dlib_descriptors(dlib_net, chips):
     model = dlib.face_recognition_model_v1(str(identity.dlib_model_path(identity.DLIB_RECOGNITION_MODEL)))
     expected = np.stack([np.asarray(model.compute_face_descriptor(chip)) for chip in chips])
     with torch.no_grad():
-        got = dlib_net.descriptor(identity.chip_to_tensor(chips)).numpy()
+        got = dlib_net.descriptor(chip_to_tensor(chips)).numpy()
     assert got.shape == (N_FACES, 128)
     assert np.abs(got - expected).max() < 1e-3
     # Sanity: descriptors of different people differ a lot more than the port's error.
@@ -92,7 +111,7 @@ def test_dlib_version1_tensor_decoding():
     values = np.array([0.0, 1.5, -0.1, 3e-8, 1234.5678, -2.0], dtype=np.float32)
     data = _dlib_int(1) + b"".join(_dlib_int(d) for d in (1, 2, 3, 1))
     data += b"".join(_dlib_float(float(v)) for v in values) + _dlib_int(7)
-    reader = identity._DlibReader(data, pathlib.Path("synthetic.dat"))
+    reader = dlib_dnn._DlibReader(data, pathlib.Path("synthetic.dat"))
     got = reader.tensor()
     assert got.shape == (1, 2, 3, 1)
     np.testing.assert_array_equal(got.reshape(-1), values)

@@ -23,9 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from affectedit.checkpoint import load_checkpoint
 from affectedit.config import get_config
 from affectedit.errors import UserError
-from affectedit.train import TrainingDiverged, load_checkpoint, train
+from affectedit.train import TrainingDiverged, train
 
 # STEPS leaves room for 12 kills even on a fast machine, where a round may run ~10 steps.
 STEPS, EVERY, KILLS, SEED = 200, 2, 12, 20240607
@@ -101,6 +102,7 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["models"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume(tiny_cache, tmp_path):
     rng = random.Random(SEED)
     run_dir = tmp_path / "run"

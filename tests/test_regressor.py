@@ -11,7 +11,13 @@ from PIL import Image
 from affectedit import metrics
 from affectedit.errors import UserError
 from affectedit.regressor import (
-    Regressor, evaluate_regressor, load_regressor, make_optimizer, predict, save_regressor, train_step,
+    Regressor,
+    evaluate_regressor,
+    load_regressor,
+    make_optimizer,
+    predict,
+    save_regressor,
+    train_step,
 )
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"

@@ -2,8 +2,12 @@
 
 Public API (imported lazily so that `import affectedit` stays fast):
     affectedit.Editor          -- Editor.from_pretrained() / .from_checkpoint(path) / .edit(...)
+    affectedit.EditConfig      -- how an Editor edits (mode, strength, colour, label_range)
+    affectedit.emotion         -- emotion("happy") -> (valence, arousal)
     affectedit.detect_faces    -- faces in a PIL image with box, landmarks and alignment transform
     affectedit.metrics         -- rmse, ccc, sagr
+
+The version is written here only (pyproject.toml reads it).
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Editor": ("affectedit.editor", "Editor"),
+    "EditConfig": ("affectedit.editor", "EditConfig"),
+    "emotion": ("affectedit.emotions", "emotion"),
     "detect_faces": ("affectedit.faces", "detect_faces"),
     "Config": ("affectedit.config", "Config"),
     "get_config": ("affectedit.config", "get_config"),

@@ -27,6 +27,11 @@ class ModelConfig:
     d_img_label_every_block: bool = True # paper text: True; authors' public code: False (first block only)
     d_z_channels: tuple[int, ...] = (64, 32, 16)
     kernel_size: int = 5
+    # Generator head: "pixels" = the paper's G (an RGB image); "warp" = G moves the input's own
+    # pixels: a bounded dense flow (coarse at S/4 + fine at S), a soft mask A and a colour C, and
+    # x_gen = A * C + (1 - A) * warp(x, flow) (see networks.WarpGenerator and affectedit.warp).
+    head: str = "pixels"
+    max_flow: float = 0.12               # warp head: bound on the flow, in units of half the crop side
 
 
 @dataclass
@@ -38,6 +43,16 @@ class LossConfig:
     identity_backbone: str = "dlib"   # "dlib" (bundled weights) or "vggface" (user-supplied file)
     identity_weights: str = ""        # path for vggface
     identity_images: int = 16         # the identity loss uses this many images of each batch
+    # Warp head only (model.head="warp"); 0 switches a term off. The edited branch asks G for a
+    # sampled target label y_t and is trained with the frozen FER-2013 expression model.
+    expression: float = 0.0   # soft-label cross-entropy of the expression model on x(y_t) (StarGAN's L_cls, continuous)
+    expression_tau: float = 0.08  # width of the soft label: p_k ~ exp(-|y_t - anchor_k|^2 / tau)
+    mask: float = 0.0         # mean of the mask A (keeps the change small where it is not needed)
+    change: float = 0.0       # mean |x(y_t) - warp(x)|: the new appearance the edit paints (its budget)
+    mask_tv: float = 0.0      # total variation of A (smooth, connected masks)
+    flow_tv: float = 0.0      # total variation of the flow (smooth motion)
+    flow_size: float = 0.0    # mean |flow| (no motion that the loss does not ask for)
+    target_identity: float = 0.0  # identity loss between x and its edit x(y_t)
 
 
 @dataclass
@@ -57,6 +72,9 @@ class TrainConfig:
     num_workers: int = 0
     hflip: bool = True
     balance: float = 0.0              # label-balanced sampling: 0 = plain shuffle (paper), 0.5 = rare expressions more often
+    init_from: str = ""               # warm start: E and G weights (all that fit) from a checkpoint or exported weights
+    extra_data: str = ""              # a second face cache mixed into every batch (e.g. london-portraits train)
+    extra_fraction: float = 0.0       # share of each batch drawn from extra_data
 
 
 @dataclass
@@ -145,7 +163,26 @@ def tiny() -> Config:
     return cfg
 
 
-PRESETS = {"paper": paper, "cpu": cpu, "tiny": tiny}
+def warp() -> Config:
+    """The bundled model since 0.2: the cpu preset's networks with the warp head, trained against
+    the frozen FER-2013 expression model (the paper's losses stay; see MODEL_CARD.md)."""
+    cfg = cpu()
+    cfg.model.head = "warp"
+    cfg.loss.expression = 1.0
+    cfg.loss.mask = 0.1
+    cfg.loss.mask_tv = 0.5
+    cfg.loss.flow_tv = 2.0
+    cfg.loss.flow_size = 0.5
+    cfg.loss.target_identity = 1.0 / 3
+    cfg.loss.identity = 0.0   # the reconstruction branch only has to keep x; identity is asked of the edit
+    cfg.loss.img = 0.05
+    cfg.loss.identity_images = 8
+    cfg.train.balance = 0.5
+    cfg.train.steps = 3000
+    return cfg
+
+
+PRESETS = {"paper": paper, "cpu": cpu, "warp": warp, "tiny": tiny}
 
 
 def get_config(name: str = "paper", overrides: list[str] | None = None) -> Config:

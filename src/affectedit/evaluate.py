@@ -1,5 +1,6 @@
 """Evaluation of the trained editor, following Lindt et al. 2019 (Sec. IV-C and V), for several
-edit modes side by side (``Editor`` modes "paper" and "residual").
+edit modes side by side (``EditConfig`` modes "paper", "residual", "warp" and variants, see
+``parse_mode``); every edit is made by ``Editor.crop_edit``, the function ``affectedit edit`` uses.
 
 ``evaluate(checkpoint, data, regressors, out_dir)`` writes ``out_dir/README.md`` (Markdown tables
 with the paper's numbers beside ours, embedded figures) and ``out_dir/metrics.json`` (every
@@ -26,7 +27,7 @@ number). What it measures, on ``faces`` held-out aligned crops of a labelled cac
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import time
@@ -37,7 +38,7 @@ import torch
 
 from affectedit import metrics
 from affectedit.errors import UserError
-from affectedit.io import atomic_path
+from affectedit.report import public, write_report, write_texts
 
 __all__ = [
     "PAPER_TABLE_IV",
@@ -180,65 +181,58 @@ def _summary(values) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Editing a batch of faces to every label.
 
-def parse_mode(name: str) -> tuple[str, float | None, bool, bool]:
-    """An edit mode as the report names it: "paper" or "residual", then optionally "+mask" (the
-    edit blended into the input with the feathered face ellipse ``faces.face_mask``, exactly what
-    ``faces.paste_back`` does when a photo is edited: pixels outside the ellipse keep the input's
-    values), for residual optionally "+luma" (only the brightness part of the change,
-    ``editor.luma_change``: the photo keeps its colours), then, for residual, optionally "@S"
-    (strength S in (0, 4]). E.g. "residual@2", "residual+mask+luma@2", "paper+mask".
-    Returns (base mode, strength or None, masked, luma)."""
-    text, _, strength = str(name).partition("@")
+def parse_mode(name: str) -> tuple[dict, bool]:
+    """An edit mode as the report names it: an ``EditConfig`` mode ("residual", "paper" or "warp"),
+    then optionally "+mask" (the edit blended into the input with the feathered face ellipse
+    ``faces.face_mask``, as a photo receives it: pixels outside the ellipse keep the input's
+    values), "+colour=keep" or "+colour=change" and "@S" (strength S in [0, 4]). What a mode does
+    not say is the value stored with the weights, as for ``affectedit edit``: "residual" scores the
+    edit ``affectedit edit --mode residual`` makes. E.g. "residual@2", "residual+mask+colour=change@2".
+    Returns (the EditConfig fields it sets, masked)."""
+    text, at, strength = str(name).partition("@")
     base, *suffixes = text.split("+")
-    usage = "use paper or residual, optionally +mask, and for residual +luma and @STRENGTH (e.g. residual+mask+luma@2)"
-    if (base not in ("residual", "paper") or (strength and base != "residual") or len(set(suffixes)) != len(suffixes)
-            or not set(suffixes) <= {"mask", "luma"} or (base == "paper" and "luma" in suffixes)):
+    usage = ("use residual, paper or warp, optionally +mask, +colour=keep or +colour=change, and @STRENGTH "
+             "(e.g. residual+mask+colour=change@2)")
+    colours = [s.partition("=")[2] for s in suffixes if s.startswith("colour=")]
+    if (base not in ("residual", "paper", "warp") or len(set(suffixes)) != len(suffixes) or len(colours) > 1
+            or not set(suffixes) <= {"mask", "colour=keep", "colour=change"} or (at and not strength)):
         raise UserError(f"unknown edit mode {name!r}; {usage}")
-    masked, luma = "mask" in suffixes, "luma" in suffixes
-    if not strength:
-        return base, None, masked, luma
-    try:
-        value = float(strength)
-    except ValueError:
-        raise UserError(f"edit mode {name!r}: the strength after @ must be a number, e.g. residual@2") from None
-    if not (math.isfinite(value) and 0 < value <= 4):
-        raise UserError(f"edit mode {name!r}: the strength must be in (0, 4]")
-    return base, value, masked, luma
+    options = {"mode": base, "colour": colours[0] if colours else None, "strength": None}
+    if strength:
+        try:
+            options["strength"] = float(strength)
+        except ValueError:
+            raise UserError(f"edit mode {name!r}: the strength after @ must be a number, e.g. residual@2") from None
+        if not (math.isfinite(options["strength"]) and 0 <= options["strength"] <= 4):
+            raise UserError(f"edit mode {name!r}: the strength must be in [0, 4]")
+    return options, "mask" in suffixes
 
 
 @torch.inference_mode()
 def grid_edits(editor, crops: torch.Tensor, labels, modes=("residual", "paper")) -> dict[str, torch.Tensor]:
-    """Every crop (B x 3 x S x S in [-1, 1]) edited to every label (L x 2), for each mode (see
-    ``parse_mode``): {mode: B x L x 3 x S x S}. Equal to ``editor.edit_crops(crops repeated, labels
-    tiled, mode, strength)`` (then, for "+mask", blended into the crop with ``face_mask``) but E(x),
-    the estimate of the face's own label and G(E(x), y_x) run once per face instead of once per
-    (face, label), and G(E(x), y) is shared by the modes."""
+    """Every crop (B x 3 x S x S in [-1, 1], or uint8 B x S x S x 3) edited to every label (L x 2),
+    for each mode (see ``parse_mode``): {mode: B x L x 3 x S x S}, each equal to
+    ``compose(x, editor.crop_edit(x, y, **mode options))`` for the crops repeated and the labels
+    tiled (then, for "+mask", blended into the crop with ``face_mask``). E(x) and the face's own
+    expression run once per face, and G(E(x), y) once for all modes."""
     from affectedit.faces import face_mask
+    from affectedit.warp import compose
 
-    x = editor._as_crops(crops)
+    specs = {mode: parse_mode(mode) for mode in modes}
+    codes = editor.encode_faces(crops, own=any(o["mode"] == "residual" for o, _ in specs.values()))
     y = torch.as_tensor(np.asarray(labels, dtype=np.float32)).reshape(-1, 2)
-    B, L = len(x), len(y)
-    z = editor.encode(x)
-    target = editor.generate(z.repeat_interleave(L, 0), y.repeat(B, 1)).view(B, L, *x.shape[1:])
-    source = None
+    B, L = len(codes), len(y)
+    rows = codes[torch.arange(B).repeat_interleave(L)]
+    y = y.repeat(B, 1)
+    target = editor.generate(rows.z, y)
     out = {}
-    for mode in modes:
-        base, strength, masked, luma = parse_mode(mode)
-        if base == "paper":
-            edit = target
-        else:
-            if source is None:
-                source = editor.generate(z, editor.estimate_labels(x, z))
-            edit = editor.apply_change(x[:, None], target, source[:, None], strength, keep_colour=luma)
+    for mode, (options, masked) in specs.items():
+        edit = compose(rows.x, editor.crop_edit(rows, y, target=target, **options))
         if masked:
-            alpha = torch.tensor(face_mask(x.shape[-1]), device=x.device, dtype=x.dtype)
-            edit = x[:, None] + alpha * (edit - x[:, None])
-        out[mode] = edit
+            alpha = torch.tensor(face_mask(rows.x.shape[-1]), dtype=edit.dtype)
+            edit = rows.x + alpha * (edit - rows.x)
+        out[mode] = edit.view(B, L, *edit.shape[1:])
     return out
-
-
-def _file_part(mode: str) -> str:
-    return mode.replace("@", "-strength").replace("+", "-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,9 +304,9 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     figures (PNG). ``regressors``: see ``resolve_regressors``. Returns the metrics dict."""
     from tqdm.auto import tqdm
 
-    from affectedit.data.cache import denormalize, normalize
     from affectedit.editor import Editor
     from affectedit.faces import face_mask
+    from affectedit.images import denormalize, normalize
     from affectedit.regressor import evaluate_regressor, load_regressor, predict
 
     modes = tuple(dict.fromkeys(modes))
@@ -327,7 +321,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
 
     cache = _open_data(data)
     reg_paths = resolve_regressors(regressors)
-    editor = Editor.from_checkpoint(checkpoint, device=device, strength=1.0)  # "residual" = strength 1; residual@S for others
+    editor = Editor.from_checkpoint(checkpoint, device=device)  # a mode says what it changes; the rest as stored
     S = editor.image_size
     cache_size = int(cache.images.shape[1])
     if cache_size != S:
@@ -400,12 +394,13 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     targets = np.tile(labels, (n, 1))  # face-major, label-minor: the order of the predictions
     result: dict = {
         "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S,
-                       "label_range": editor.label_range},
+                       "label_range": editor.edit_config.label_range,
+                       "edit": dataclasses.asdict(editor.edit_config)},
         "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist()},
         "labels": {"grid": grid, "values": labels.tolist(), "count": L,
                    "extreme": labels[extreme_mask(labels)].tolist(),
                    "extreme_definition": "|valence| = 1 and |arousal| = 1 (the four corners of the grid)"},
-        "regressors": {d: {"path": str(p), **regs[d].config, "step": _regressor_step(p)} for d, p in reg_paths.items()},
+        "regressors": {d: {"path": str(p), **regs[d].config, "step": regs[d].step} for d, p in reg_paths.items()},
         "table_iii": {"ours": table_iii, "paper": _paper_table_iii()},
         "table_iv": {"paper": PAPER_TABLE_IV, "edits": n * L, "extreme_edits": int(extreme_mask(targets).sum()),
                      "unedited": _table_iv(targets, {d: np.repeat(np.concatenate(input_preds[d]), L) for d in DIMENSIONS}),
@@ -415,7 +410,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
                        "face = pixels with face_mask >= 0.5", "background_pixels": int(background.sum()),
                        "face_pixels": int(inner.sum()), "modes": {}},
         "heatmaps": {"definition": "sum over faces of per-pixel max channel |edit(y) - edit(0,0)|, divided by the "
-                     "maximum over all 48 sums", "modes": {}},
+                     "maximum over all 48 sums", "neutral_index": neutral, "modes": {}},
         "modes": list(modes),
         "timings": timings,
     }
@@ -451,12 +446,12 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
                               "sources": [cache.sources[i] for i in chosen[:examples]]}
     timings["fig3_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    write_report(result, out_dir, fig3=fig3, fig3_inputs=x if examples else None)
+    write_report(result, out_dir, fig3=fig3, fig3_inputs=x if examples else None, fig3_labels=fig3_labels)
     timings["report_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     # write_report wrote the texts before the last timings were known: rewrite them with them.
-    _write_texts(result, Path(out_dir))
-    return _public(result)
+    write_texts(result, Path(out_dir))
+    return public(result)
 
 
 @torch.inference_mode()
@@ -467,300 +462,7 @@ def _descriptors(net, images: torch.Tensor, device, batch_size: int = 32) -> np.
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
-def _regressor_step(path) -> int | None:
-    from affectedit.regressor import _read_checkpoint
-
-    try:
-        return int(_read_checkpoint(path).get("step", 0))
-    except Exception:  # noqa: BLE001 - informational only
-        return None
-
-
 def _paper_table_iii() -> dict:
     from affectedit.regressor import PAPER_TABLE_III
 
     return PAPER_TABLE_III
-
-
-def _public(obj):
-    """The result without the private (underscored) arrays kept for the figures."""
-    if isinstance(obj, dict):
-        return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")}
-    if isinstance(obj, (list, tuple)):
-        return [_public(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json(path: Path, result: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_public(result), indent=2) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures and report.
-
-def _to_image(t: torch.Tensor) -> np.ndarray:
-    """3 x H x W in [-1, 1] -> H x W x 3 float in [0, 1]."""
-    return ((t.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
-
-
-def _savefig(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-
-
-def _heatmap_figure(maps: np.ndarray, neutral_face: torch.Tensor, labels: np.ndarray, title: str, path: Path) -> None:
-    """The n x n heatmaps as one mosaic (grey, 0 black .. 1 white), the mean (0, 0) edit in the
-    centre; rows valence high -> low, columns arousal high -> low, as the paper's Fig. 2."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    n = round(math.sqrt(len(labels)))
-    S = maps.shape[-1]
-    gap = max(1, S // 16)
-    cell = S + gap
-    mosaic = np.ones((n * cell - gap, n * cell - gap, 3), dtype=np.float32)
-    centre = neutral_index(labels)
-    for k in range(len(labels)):
-        i, j = divmod(k, n)
-        tile = _to_image(neutral_face) if k == centre else np.repeat(np.clip(maps[k], 0, 1)[..., None], 3, axis=2)
-        mosaic[i * cell:i * cell + S, j * cell:j * cell + S] = tile
-    fig, ax = plt.subplots(figsize=(1.0 * n + 1.2, 1.0 * n + 1.0))
-    ax.imshow(mosaic, interpolation="nearest")
-    ticks = np.arange(n) * cell + S / 2
-    ax.set_xticks(ticks, [f"{a:+.2f}" for a in labels[:n, 1]], fontsize=7)
-    ax.set_yticks(ticks, [f"{v:+.2f}" for v in labels[::n, 0]], fontsize=7)
-    ax.set_xlabel("arousal (high -> low)", fontsize=8)
-    ax.set_ylabel("valence (high -> low)", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    fig.tight_layout()
-    _savefig(fig, path)
-    plt.close(fig)
-
-
-def _grid_figure(inputs: torch.Tensor, edits: torch.Tensor, labels: np.ndarray, title: str, path: Path) -> None:
-    """One row per face: the input, then the n x n mosaic of its edits (valence high -> low top to
-    bottom, arousal high -> low left to right), as the paper's Fig. 3."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    B, L = edits.shape[:2]
-    n = round(math.sqrt(L))
-    S = edits.shape[-1]
-    gap = max(1, S // 32)
-    cell = S + gap
-    fig, axes = plt.subplots(B, 2, figsize=(1.1 * n + 2.6, (1.1 * n + 0.6) * B), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, n]})
-    ticks = np.arange(n) * cell + S / 2
-    for b in range(B):
-        ax_in, ax = axes[b, 0], axes[b, 1]
-        ax_in.imshow(_to_image(inputs[b]))
-        ax_in.set_title("input", fontsize=8)
-        ax_in.axis("off")
-        mosaic = np.ones((n * cell - gap, n * cell - gap, 3), dtype=np.float32)
-        for k in range(L):
-            i, j = divmod(k, n)
-            mosaic[i * cell:i * cell + S, j * cell:j * cell + S] = _to_image(edits[b, k])
-        ax.imshow(mosaic)
-        ax.set_xticks(ticks, [f"{a:+.1f}" for a in labels[:n, 1]], fontsize=7)
-        ax.set_yticks(ticks, [f"{v:+.1f}" for v in labels[::n, 0]], fontsize=7)
-        ax.set_xlabel("arousal (high -> low)", fontsize=8)
-        ax.set_ylabel("valence (high -> low)", fontsize=8)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.985))
-    _savefig(fig, path)
-    plt.close(fig)
-
-
-def _f(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
-
-
-def _row(name: str, scores: dict) -> str:
-    cells = [_f(scores[s][m]) for s in ("all", "extreme") for m in ("rmse", "sagr", "ccc")]
-    return f"| {name} | " + " | ".join(cells) + " |"
-
-
-def _markdown(r: dict) -> str:
-    modes = r["modes"]
-    ck, data = r["checkpoint"], r["data"]
-    t3, t4 = r["table_iii"], r["table_iv"]
-    lines = [
-        "# Evaluation report",
-        "",
-        f"Checkpoint `{ck['path']}` (step {ck['step']}, {ck['image_size']}x{ck['image_size']}"
-        + (f"; target labels mapped onto the training range valence {ck['label_range'][0]}, arousal "
-           f"{ck['label_range'][1]} before G sees them, scored against the targets as asked" if ck.get("label_range") else "")
-        + "); "
-        f"{data['faces']} faces of `{data['path']}` ({data['images']} images), spread evenly over the cache"
-        + (f" and shifted by {data['offset']} images" if data.get("offset") else "") + "; "
-        f"{r['labels']['count']} target labels on a {r['labels']['grid']}x{r['labels']['grid']} grid of [-1, 1]^2 "
-        f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
-        + ", ".join(f"`{m}`" for m in modes) + " (`paper`: x_gen = G(E(x), y), as Lindt et al.; "
-        "`residual`: x + G(E(x), y) - G(E(x), y_x), y_x the label the face already shows (estimated); "
-        "`residual@S`: x + S (G(E(x), y) - G(E(x), y_x)); `+mask`: the edit blended into x with the feathered "
-        "face ellipse, x + m (edit - x), as an edited photo receives it from paste-back; `+luma`: only the "
-        "brightness (BT.601 luma) of the change, the same in R, G and B, so the input keeps its colours).",
-        "",
-        "Regressors: " + "; ".join(f"{d} `{v['path']}` (width {v['width']}, input {v['image_size']}, "
-                                    f"{v.get('step')} steps)"
-                                    for d, v in r["regressors"].items()) + ".",
-        "",
-        "## Table III: regressors on the validation data (ground truth vs prediction)",
-        "",
-        "| | RMSE | SAGR | CCC | paper RMSE | paper SAGR | paper CCC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for d in DIMENSIONS:
-        o, p = t3["ours"].get(d), t3["paper"][d]
-        if o:
-            lines.append(f"| {d} | {_f(o['rmse'])} | {_f(o['sagr'])} | {_f(o['ccc'])} | "
-                         f"{_f(p['rmse'])} | {_f(p['sagr'])} | {_f(p['ccc'])} |")
-    lines += [
-        "",
-        f"Ours: all {data['images']} images of the cache. Paper: 4,500 held-out AffectNet images.",
-        "",
-        "## Table IV: regressors on the edited faces (target label vs prediction)",
-        "",
-    ]
-    for d in DIMENSIONS:
-        lines += [
-            f"**{d.capitalize()}**",
-            "",
-            "| | All RMSE | All SAGR | All CCC | Extreme RMSE | Extreme SAGR | Extreme CCC |",
-            "|---|---|---|---|---|---|---|",
-            _row("Lindt et al. (published)", {s: PAPER_TABLE_IV[s][d] for s in ("all", "extreme")}),
-        ]
-        for m in modes:
-            lines.append(_row(f"ours, mode `{m}`", {s: t4["modes"][m][s][d] for s in ("all", "extreme")}))
-        lines.append(_row("ours, no edit (input as is)", {s: t4["unedited"][s][d] for s in ("all", "extreme")}))
-        lines.append("")
-    lines += [
-        ("Extreme labels: |valence| = 1 and |arousal| = 1, the four corners of the grid (the paper's "
-        "18,000 of 220,500 images = 4 of 49 labels per validation image). \"No edit\" scores the "
-        "regressors' predictions for the unedited input against the same targets: an editor that "
-        "changes nothing would score this. Table IV alone rewards an output that shows the target label "
-        "whatever the face it came from: read it together with identity and background below."),
-        "",
-        ("SAGR counts sign agreement; targets of exactly 0 (1/7 of each dimension on the 7x7 grid) can "
-        "never agree, so SAGR over all labels is at most 6/7. SAGR over the non-zero targets only:"),
-        "",
-        "| | valence | arousal |",
-        "|---|---|---|",
-    ]
-    for m in modes:
-        s = t4["modes"][m]["all"]
-        lines.append(f"| mode `{m}` | {_f(s['valence']['sagr_nonzero'])} | {_f(s['arousal']['sagr_nonzero'])} |")
-    s = t4["unedited"]["all"]
-    lines.append(f"| no edit | {_f(s['valence']['sagr_nonzero'])} | {_f(s['arousal']['sagr_nonzero'])} |")
-    lines.append("")
-
-    if r.get("identity"):
-        idt = r["identity"]
-        lines += [
-            "## Identity preservation",
-            "",
-            (f"Euclidean distance between the dlib descriptors of the input crop and the edit; "
-            f"below {idt['threshold']} = the same person by dlib's rule."),
-            "",
-            ("| mode | mean distance | median | 95th pct | same person (all) | same person (extreme) | "
-            "same person (label (0, 0)) |"),
-            "|---|---|---|---|---|---|---|",
-        ]
-        for m in modes:
-            s = idt["modes"][m]
-            lines.append(f"| `{m}` | {_f(s['all']['mean'])} | {_f(s['all']['median'])} | {_f(s['all']['p95'])} | "
-                         f"{100 * s['all']['same_person_share']:.1f}% | {100 * s['extreme']['same_person_share']:.1f}% | "
-                         f"{100 * s['neutral']['same_person_share']:.1f}% |")
-        lines.append("")
-    bg = r["background"]
-    lines += [
-        "## Background preservation",
-        "",
-        (f"Mean absolute change |edit - input| as a fraction of the 8-bit range, outside the face "
-        f"(face_mask == 0, {bg['background_pixels']} pixels of the crop) and, for comparison, inside it "
-        f"(face_mask >= 0.5, {bg['face_pixels']} pixels)."
-        + (" `+mask` modes leave the background unchanged by construction (0 here)." if any("+mask" in m for m in modes) else "")),
-        "",
-        "| mode | background mean | background 95th pct | face mean | face 95th pct |",
-        "|---|---|---|---|---|",
-    ]
-    for m in modes:
-        s = bg["modes"][m]
-        lines.append(f"| `{m}` | {_f(s['background']['mean'])} | {_f(s['background']['p95'])} | "
-                     f"{_f(s['face']['mean'])} | {_f(s['face']['p95'])} |")
-    lines += [
-        "",
-        "## Fig. 2: heatmaps",
-        "",
-        ("Per pixel max(|R1-R2|, |G1-G2|, |B1-B2|) between the edit for each label and the edit for "
-        "(0, 0), summed over the faces, divided by the largest value over all 48 maps (white = that "
-        "maximum). Rows: valence high to low; columns: arousal high to low; centre: the mean edit for (0, 0)."),
-        "",
-    ]
-    for m in modes:
-        h = r["heatmaps"]["modes"][m]
-        md = np.asarray(h["mean_difference"])
-        lines += [f"![heatmaps, mode {m}]({h['file']})", "",
-                  (f"Mode `{m}`: mean per-pixel change against (0, 0), fraction of the range "
-                  f"(rows valence high -> low, columns arousal high -> low):"), "",
-                  "| v \\ a | " + " | ".join(f"{a:+.2f}" for a in np.asarray(r['labels']['values'])[:md.shape[1], 1]) + " |",
-                  "|---" * (md.shape[1] + 1) + "|"]
-        values = np.asarray(r["labels"]["values"])
-        for i in range(md.shape[0]):
-            lines.append(f"| {values[i * md.shape[1], 0]:+.2f} | " + " | ".join(f"{v:.4f}" for v in md[i]) + " |")
-        lines.append("")
-    if r.get("figures", {}).get("fig3"):
-        lines += ["## Fig. 3: examples", "",
-                  "Input, then 5 x 5 labels: arousal high to low left to right, valence high to low top to bottom.", ""]
-        for m, f in r["figures"]["fig3"].items():
-            lines += [f"![examples, mode {m}]({f})", ""]
-    t = r["timings"]
-    lines += ["## Timings", "", ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()), ""]
-    return "\n".join(lines)
-
-
-def write_report(result: dict, out_dir, fig3: dict | None = None, fig3_inputs: torch.Tensor | None = None) -> dict:
-    """Write the figures, ``README.md`` and ``metrics.json`` into ``out_dir`` (created if missing);
-    every file atomically. ``result`` is what ``evaluate`` assembles (with the private heatmap
-    arrays ``_maps``/``_neutral`` per mode). Returns ``result`` with the figure file names added."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the report folder {out}: {e.strerror}") from None
-    labels = np.asarray(result["labels"]["values"], dtype=np.float32)
-    figures: dict = {"heatmaps": {}, "fig3": {}}
-    for m, h in result["heatmaps"]["modes"].items():
-        name = f"fig2-heatmaps-{_file_part(m)}.png"
-        _heatmap_figure(h["_maps"], h["_neutral"], labels, f"Fig. 2 heatmaps, mode {m} "
-                        f"({result['data']['faces']} faces, step {result['checkpoint']['step']})", out / name)
-        h["file"] = name
-        figures["heatmaps"][m] = name
-    if fig3:
-        fig3_labels = label_grid(round(math.sqrt(next(iter(fig3.values())).shape[1])))
-        for m, e in fig3.items():
-            name = f"fig3-examples-{_file_part(m)}.png"
-            _grid_figure(fig3_inputs, e, fig3_labels, f"Fig. 3 layout, mode {m}", out / name)
-            figures["fig3"][m] = name
-    result["figures"] = figures
-    _write_texts(result, out)
-    return result
-
-
-def _write_texts(result: dict, out: Path) -> None:
-    with atomic_path(out / "README.md") as tmp:
-        tmp.write_text(_markdown(result))
-    _write_json(out / "metrics.json", result)

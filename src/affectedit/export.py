@@ -9,7 +9,8 @@ The ONNX graph is the paper's edit, E and G as one network::
 with a dynamic batch dimension N.  The residual mode of ``affectedit.editor`` is glue around this
 graph (the same network run on more labels), so a runtime that has the graph can do both modes.
 ``ort_session(path)`` opens it with ONNX Runtime (optional dependency: ``pip install
-affectedit[export]``).  Weights: see ``affectedit.editor.export_weights`` (E and G as fp16 .pt).
+affectedit[export]``).  Weights: see ``affectedit.checkpoint.export_weights`` (E and G as fp16
+safetensors).
 """
 from __future__ import annotations
 
@@ -74,14 +75,10 @@ def onnx_bytes(encoder: torch.nn.Module, generator: torch.nn.Module, image_size:
 def export_onnx(checkpoint: str | os.PathLike, out: str | os.PathLike, force: bool = True) -> Path:
     """Write E and G of a training checkpoint (or exported weights file) as one ONNX graph to ``out``
     (atomically; an existing file is replaced only with ``force``).  Returns the path."""
-    from affectedit.train import load_checkpoint, models_from_checkpoint
+    from affectedit.checkpoint import load_checkpoint, models_from_checkpoint
 
     _require_onnx()
-    state = load_checkpoint(checkpoint)
-    for name in ("encoder", "generator"):
-        if name not in state.get("models", {}):
-            raise UserError(f"checkpoint {checkpoint} holds no {name} weights")
-    cfg, models = models_from_checkpoint(state, ("encoder", "generator"), device="cpu")
+    cfg, models = models_from_checkpoint(load_checkpoint(checkpoint), device="cpu")
     data = onnx_bytes(models["encoder"].float(), models["generator"].float(), cfg.model.image_size)
     out = Path(out)
     if out.parent != Path(""):

@@ -39,6 +39,8 @@ __all__ = [
     "detect_faces",
     "align_face",
     "align_faces_batch",
+    "blend_region",
+    "ellipse_alpha",
     "face_mask",
     "paste_back",
     "similarity_transform",
@@ -101,12 +103,12 @@ def _dlib():
 _LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hog_detector():
     return _dlib().get_frontal_face_detector()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shape_predictor():
     return _dlib().shape_predictor(str(dlib_model_file("shape_predictor_5_face_landmarks.dat")))
 
@@ -340,16 +342,38 @@ _MASK_CENTER = (0.5, 0.52)
 _MASK_RADII = (0.32, 0.38)
 
 
+def ellipse_alpha(ux, uy, feather: float = 0.2, center=_MASK_CENTER, radii=_MASK_RADII) -> np.ndarray:
+    """The feathered inner-face ellipse at unit crop coordinates ``ux``, ``uy`` (arrays of one shape):
+    1 inside the ellipse, falling smoothly (smoothstep) to 0 over ``feather`` times its radii
+    outside. float32, the shape of ``ux``."""
+    x = (np.asarray(ux, dtype=np.float64) - center[0]) / radii[0]
+    y = (np.asarray(uy, dtype=np.float64) - center[1]) / radii[1]
+    r = np.sqrt(x * x + y * y)
+    t = np.clip((1.0 + feather - r) / max(feather, 1e-6), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
 @functools.lru_cache(maxsize=32)
 def _face_mask_cached(size: int, feather: float, center: tuple, radii: tuple) -> np.ndarray:
     c = (np.arange(size, dtype=np.float64) + 0.5) / size  # unit coordinate of each pixel centre
-    x = (c[None, :] - center[0]) / radii[0]
-    y = (c[:, None] - center[1]) / radii[1]
-    r = np.sqrt(x * x + y * y)
-    t = np.clip((1.0 + feather - r) / max(feather, 1e-6), 0.0, 1.0)
-    m = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # smoothstep
+    m = ellipse_alpha(c[None, :], c[:, None], feather, center, radii)
     m.setflags(write=False)
     return m
+
+
+def blend_region(face: Face, width: int, height: int, feather: float = 0.2) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the photo pixels (x0 <= x < x1, y0 <= y < y1) that the feathered face
+    ellipse of ``face`` can touch, with a 2-pixel margin, clipped to a width x height photo (empty
+    when x1 <= x0 or y1 <= y0). Every pixel outside it has alpha 0."""
+    (cx, cy), (rx, ry) = _MASK_CENTER, _MASK_RADII
+    rx, ry = rx * (1 + feather), ry * (1 + feather)
+    corners = np.array([[cx - rx, cy - ry], [cx + rx, cy - ry], [cx - rx, cy + ry], [cx + rx, cy + ry]])
+    pts = _apply(_invert(np.asarray(face.transform, dtype=np.float64)), corners)
+    x0 = int(max(0, np.floor(pts[:, 0].min()) - 2))
+    y0 = int(max(0, np.floor(pts[:, 1].min()) - 2))
+    x1 = int(min(width, np.ceil(pts[:, 0].max()) + 3))
+    y1 = int(min(height, np.ceil(pts[:, 1].max()) + 3))
+    return x0, y0, x1, y1
 
 
 def face_mask(

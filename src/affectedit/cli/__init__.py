@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("affectedit: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - one line for users; --debug shows the traceback
+    except Exception as e:
         if debug:
             raise
         print(f"affectedit: error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)

@@ -11,7 +11,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from affectedit.editor import EMOTIONS
+    from affectedit.emotions import EMOTIONS
 
     words = ", ".join(EMOTIONS)
 
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("emotions", help="list the emotion words and their valence/arousal",
                        description="The emotion words --emotion accepts, with their (valence, arousal) "
-                       "coordinates (Russell 1980's circumplex; see affectedit.editor.EMOTIONS).")
+                       "coordinates (Russell 1980's circumplex; see affectedit.emotions).")
     p.set_defaults(func=run_emotions)
 
 
@@ -79,22 +79,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights; default: the bundled model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
     p.add_argument("--fp32", action="store_true", help="compute in float32 even where a faster precision is the default")
-    p.add_argument("--mode", choices=["residual", "paper"], default="residual",
+    p.add_argument("--mode", choices=["residual", "paper", "warp"], default=None,
                    help="residual: apply only the generator's change between the face's own and the target expression "
-                   "to the sharp photo (keeps identity and detail); paper: replace the face by G(E(x), y) as Lindt et al.")
+                   "to the sharp photo (keeps identity and detail); paper: replace the face by G(E(x), y) as Lindt et al.; "
+                   "warp: move the photo's own pixels (weights with the warp head). Default: the mode stored with the weights")
     p.add_argument("--strength", type=float, default=None,
-                   help="scale of the change in residual mode, in (0, 4] (1 = as generated; default: the strength "
-                   "calibrated for the model, stored with its weights, else 1)")
-    p.add_argument("--colour-change", action="store_true",
-                   help="residual mode: also apply the generator's colour change (default: only its brightness "
-                   "change, so the photo keeps its own colours)")
+                   help="scale of the change, in [0, 4] (0 = no change, 1 = as generated; default: the strength stored "
+                   "with the weights, e.g. the one calibrated for the bundled model)")
+    p.add_argument("--colour", choices=["keep", "change"], default=None,
+                   help="residual mode: keep = apply only the brightness of the generator's change, so the photo keeps "
+                   "its colours; change = its colour change too (default: as stored with the weights)")
 
 
 def _load_editor(args: argparse.Namespace):
     from affectedit.editor import Editor
 
     precision = "fp32" if args.fp32 else "auto"
-    options = {"mode": args.mode, "strength": args.strength, "keep_colour": not args.colour_change}
+    options = {"mode": args.mode, "strength": args.strength, "colour": args.colour}
     if args.checkpoint:
         return Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision, **options)
     return Editor.from_pretrained(device=args.device, precision=precision, **options)
@@ -104,7 +105,7 @@ def _load_editor(args: argparse.Namespace):
 
 
 def _target(args: argparse.Namespace) -> tuple[float, float]:
-    from affectedit.editor import _check_label, emotion
+    from affectedit.emotions import check_label, emotion
 
     if args.emotion is not None:
         if args.valence is not None or args.arousal is not None:
@@ -112,7 +113,7 @@ def _target(args: argparse.Namespace) -> tuple[float, float]:
         return emotion(args.emotion)
     if args.valence is None or args.arousal is None:
         raise UserError("say the target expression: --valence V --arousal A (each in [-1, 1]) or --emotion NAME")
-    return _check_label(args.valence, args.arousal)
+    return check_label(args.valence, args.arousal)
 
 
 def _images_in(folder: Path, exclude: Path) -> list[Path]:
@@ -130,48 +131,8 @@ def _images_in(folder: Path, exclude: Path) -> list[Path]:
     return files
 
 
-def save_like(result, source, path: Path, force: bool) -> None:
-    """Save ``result`` to ``path`` in the format its suffix names (the source's format when the suffix
-    is unknown), keeping the source's JPEG quantisation (its quality), EXIF (orientation reset to 1:
-    pixels are upright now), ICC profile and DPI; atomically, refusing to overwrite without ``force``."""
-    from PIL import Image, JpegImagePlugin
-
-    from affectedit.io import atomic_path
-
-    fmt = Image.registered_extensions().get(path.suffix.lower()) or source.format or "PNG"
-    kwargs = {}
-    try:
-        exif = source.getexif()
-    except Exception:  # noqa: BLE001 - unreadable EXIF: save without it
-        exif = None
-    if exif is not None and len(exif):
-        if 0x0112 in exif:
-            exif[0x0112] = 1
-        if fmt in ("JPEG", "PNG", "WEBP"):
-            kwargs["exif"] = exif.tobytes()
-    for key in ("icc_profile", "dpi"):
-        if source.info.get(key):
-            kwargs[key] = source.info[key]
-    if fmt == "JPEG":
-        if result.mode not in ("RGB", "L", "CMYK"):
-            result = result.convert("RGB")
-        qtables = getattr(source, "quantization", None) if source.format == "JPEG" else None
-        if qtables:  # what quality="keep" does, for an image that is no longer the decoded file
-            kwargs["qtables"] = qtables
-            sampling = JpegImagePlugin.get_sampling(source)
-            if sampling != -1:
-                kwargs["subsampling"] = sampling
-        else:
-            kwargs["quality"] = 95
-    elif fmt == "WEBP":
-        kwargs["lossless"] = bool(source.info.get("lossless", False)) if source.format == "WEBP" else False
-        kwargs["quality"] = 95
-    with atomic_path(path, force=force) as tmp:
-        result.save(tmp, format=fmt, **kwargs)
-
-
 def _edit_one(editor, src: Path, dst: Path, label, face, force: bool) -> None:
-    from affectedit.editor import open_image
+    from affectedit.images import open_image, save_like
 
     if dst.exists() and not force:
         raise UserError(f"{dst} already exists; pass --force to overwrite it")
@@ -246,7 +207,7 @@ def run_grid(args: argparse.Namespace) -> int:
 
 
 def run_animate(args: argparse.Namespace) -> int:
-    from affectedit.editor import parse_path
+    from affectedit.emotions import parse_path
 
     out = Path(args.output)
     if out.suffix.lower() not in (".gif", ".mp4"):
@@ -262,7 +223,7 @@ def run_animate(args: argparse.Namespace) -> int:
 
 
 def run_emotions(args: argparse.Namespace) -> int:
-    from affectedit.editor import emotion_table
+    from affectedit.emotions import emotion_table
 
     print(emotion_table())
     return 0

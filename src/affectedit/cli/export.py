@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from affectedit.errors import UserError
+
+_WEIGHTS_ONLY = ("mode", "strength", "colour", "label_range_from")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,19 +17,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Export the encoder and generator of a checkpoint. --format onnx writes one graph "
         "edited = G(E(image), label) with inputs image (N x 3 x S x S, [-1, 1]) and label (N x 2, valence "
         "and arousal in [-1, 1]) and a dynamic batch N (needs `pip install affectedit[export]`). "
-        "--format weights writes affectedit.pt (fp16) + affectedit.json into the folder -o names, the "
-        "pair `Editor.from_pretrained(weights_dir=...)` loads.",
+        "--format weights writes model.safetensors (E and G in fp16, the model config and the edit settings "
+        "inside) into the folder -o names, which `Editor.from_pretrained(folder)` loads.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights")
     p.add_argument("--format", choices=["onnx", "weights"], default="onnx", help="onnx (default) or weights")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="model.onnx for onnx; a folder for weights")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--mode", choices=["residual", "paper", "warp"], default=None,
+                   help="weights only: the edit mode stored with the weights (default: the checkpoint's, else residual)")
     p.add_argument("--strength", type=float, default=None,
-                   help="weights only: the residual strength editors use by default with these weights (e.g. the "
-                   "one `affectedit evaluate` calibrated); default: none stored, i.e. 1")
+                   help="weights only: the strength stored with the weights, in [0, 4] (e.g. the one `affectedit "
+                   "evaluate` calibrated; default: the checkpoint's, else 1)")
+    p.add_argument("--colour", choices=["keep", "change"], default=None,
+                   help="weights only: the colour handling stored with the weights (default: the checkpoint's, else keep)")
     p.add_argument("--label-range-from", metavar="CACHE", default=None,
                    help="weights only: the training cache; its labels' range (0.1-99.9th percentiles) is stored so "
-                   "that the dials' [-1, 1] map onto the labels the model has seen (default: labels used as given)")
+                   "that the dials' [-1, 1] map onto the labels the model has seen (default: the checkpoint's, else none)")
     p.set_defaults(func=run_export)
 
 
@@ -39,20 +46,23 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(f"{out} is a folder; give the ONNX file to write, e.g. {out / 'model.onnx'}")
         if out.suffix.lower() != ".onnx":
             raise UserError(f"ONNX output {out} should end in .onnx")
-        if args.strength is not None or args.label_range_from is not None:
-            raise UserError("--strength and --label-range-from are stored with --format weights only "
+        if any(getattr(args, k) is not None for k in _WEIGHTS_ONLY):
+            raise UserError("--mode, --strength, --colour and --label-range-from are stored with --format weights only "
                             "(the ONNX graph computes G(E(x), y))")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
-        from affectedit.editor import export_weights, label_range
+        from affectedit.checkpoint import export_weights, load_checkpoint
+        from affectedit.editor import EditConfig, label_range
 
         if out.exists() and not out.is_dir():
-            raise UserError(f"{out} is a file; --format weights writes a folder (affectedit.pt + affectedit.json)")
+            raise UserError(f"{out} is a file; --format weights writes a folder (model.safetensors)")
         labels_range = None
         if args.label_range_from is not None:
             from affectedit.data.cache import FaceCache
 
             labels_range = label_range(FaceCache(args.label_range_from).labels)
-        path = export_weights(args.checkpoint, out, force=args.force, strength=args.strength, label_range=labels_range)
+        settings = EditConfig.stored(load_checkpoint(args.checkpoint)).update(
+            mode=args.mode, strength=args.strength, colour=args.colour, label_range=labels_range)
+        path = export_weights(args.checkpoint, out, edit=dataclasses.asdict(settings), force=args.force)
     print(f"wrote {path}")
     return 0

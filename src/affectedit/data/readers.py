@@ -289,7 +289,7 @@ def _read_emotion_set(root, labels, split, has_split: bool, what: str) -> Iterat
     missing = 0
     with _open_csv(root / "labels.csv") as f:
         for row in csv.DictReader(f):
-            s = row.get("split") if has_split else None
+            s = row.get("split") if has_split else london_split(row.get("identity") or "")
             if not _want_split(split, s):
                 continue
             emotion = row.get("emotion") or None
@@ -312,8 +312,17 @@ def read_lfw(root, labels: str | Path | None = None, split: str | None = None) -
     return _read_emotion_set(root, labels, split, True, "lfw-expressions")
 
 
+def london_split(identity: str) -> str:
+    """The project's split of london-portraits by identity (the set has none): a London identity
+    whose 3-digit number is odd (001, 003, 009, 011, ...) is ``val``, the rest and every ``canada_*``
+    identity are ``train``. The example portraits (001, 011) are validation faces."""
+    prefix, _, number = identity.rpartition("_")
+    return "val" if prefix == "london" and number.isdigit() and int(number) % 2 == 1 else "train"
+
+
 def read_london(root, labels: str | Path | None = None, split: str | None = None) -> Iterator[Sample]:
-    """london-portraits (``images/...`` + ``labels.csv`` image, identity, emotion; no split)."""
+    """london-portraits (``images/...`` + ``labels.csv`` image, identity, emotion); split by
+    identity with :func:`london_split` (odd London numbers are validation)."""
     return _read_emotion_set(root, labels, split, False, "london-portraits")
 
 

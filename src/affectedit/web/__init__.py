@@ -284,7 +284,7 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- routes --------------------------------------------------------------------------------
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):
         if not self._host_ok():
             return self._send_error(HTTPError(403, "unexpected Host header; open the page via localhost"))
         path = urlsplit(self.path).path
@@ -299,9 +299,9 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, body, content_type, {"Cache-Control": "no-cache"})
         return self._send_error(HTTPError(404, "not found"))
 
-    do_HEAD = do_GET
+    do_HEAD = do_GET  # noqa: N815 - http.server's naming
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         if not self._host_ok():
             return self._send_error(HTTPError(403, "unexpected Host header; open the page via localhost"), close=True)
         if urlsplit(self.path).path != "/api/edit":
@@ -333,7 +333,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_error(e)
         except UserError as e:  # the editor's own message: no face found, and the like
             return self._send_json(422, {"error": str(e)})
-        except Exception as e:  # noqa: BLE001 - a bug must not kill the server; the page shows a line
+        except Exception as e:
             log.exception("edit failed")
             return self._send_json(500, {"error": f"the edit failed: {type(e).__name__}: {e}"})
         finally:
@@ -401,12 +401,14 @@ def make_server(editor, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     """Bind an :class:`EditServer` for ``editor`` (anything with ``edit(image, valence, arousal)``).
 
     ``port=0`` picks a free port (see ``server.url``). ``emotions`` (word -> (valence, arousal))
-    labels the disc; by default the editor module's ``EMOTIONS``. Call ``serve_forever()`` on the
+    labels the disc; by default ``affectedit.emotions.EMOTIONS``. Call ``serve_forever()`` on the
     result, and ``shutdown()`` / ``server_close()`` to stop it."""
     if max_upload_mb <= 0:
         raise UserError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if emotions is None:
-        from affectedit.editor import EMOTIONS as emotions
+        from affectedit.emotions import EMOTIONS
+
+        emotions = EMOTIONS
     try:
         return EditServer((host, port), editor, emotions, int(max_upload_mb * 2**20),
                           max_pixels=max_pixels, max_pending=max_pending, quiet=quiet)

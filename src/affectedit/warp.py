@@ -1,0 +1,185 @@
+"""An edit as a change to apply, and the one function that applies it to a photo.
+
+A generator's edit of an aligned crop (S x S, dlib face-chip geometry as ``faces.align_face`` cuts
+it) is described by up to four low-resolution fields, a :class:`CropEdit`::
+
+    flow    N x 2 x S x S   backward displacement in grid_sample units of the crop (x, then y;
+                            align_corners=False): the edited crop at p samples the input at p + flow(p)
+    mask    N x 1 x S x S   in [0, 1]: where ``colour`` replaces the (warped) input
+    colour  N x 3 x S x S   in [-1, 1]
+    delta   N x 3 x S x S   an additive change, in [-1, 1] units
+
+    edited = (1 - mask) * warp(x, flow) + mask * colour + delta      (missing terms: identity / 0)
+
+``compose(x, edit)`` computes that for crops (any resolution: the fields are resampled to the
+crop's). ``apply_to_photo(photo, faces, edit)`` computes it for the ORIGINAL photo at its own
+resolution: each photo pixel of a face's region is mapped into crop coordinates by the face's
+similarity transform, the fields are sampled there (so they are upsampled in photo space, the photo
+is never downsampled), the flow is turned into photo pixels, the original photo is sampled at the
+displaced position, and the result is blended in with the feathered face ellipse, as
+``faces.paste_back`` blends. A zero change (no flow, mask 0, delta 0) leaves every pixel as it was.
+
+The edit modes build CropEdits (see ``Editor.crop_edit``): "paper" = CropEdit(mask=1, colour=G(E(x), y));
+"residual" = CropEdit(delta=strength * (G(E(x), y) - G(E(x), y_x))); "warp" = the warp head's
+:class:`Fields` scaled by the strength.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = ["CropEdit", "Fields", "apply_to_photo", "compose", "luma_change", "warp_image"]
+
+
+class Fields(NamedTuple):
+    """What a warp-head generator returns for N crops at the model's resolution S: ``flow``
+    N x 2 x S x S, ``mask`` N x 1 x S x S in [0, 1], ``colour`` N x 3 x S x S in [-1, 1] (units as
+    in :class:`CropEdit`)."""
+
+    flow: torch.Tensor
+    mask: torch.Tensor
+    colour: torch.Tensor
+
+
+@dataclass
+class CropEdit:
+    """The change of N aligned crops, as low-resolution fields (see the module docstring). Any
+    field may be None: no flow, no mask (so ``colour`` has no effect), no delta."""
+
+    flow: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    colour: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+
+    @classmethod
+    def from_fields(cls, f, strength: float = 1.0) -> CropEdit:
+        """The edit of a warp head's :class:`Fields`, scaled: flow * s, mask * s (clamped to [0, 1])."""
+        return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour)
+
+    def present(self) -> dict[str, torch.Tensor]:
+        """The fields that are not None, by name, in the order flow, mask, colour, delta."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __len__(self) -> int:
+        return next((len(t) for t in self.present().values()), 0)
+
+    def __getitem__(self, index) -> CropEdit:
+        """The edits of the crops ``index`` (an int, a slice or an index tensor)."""
+        index = [index] if isinstance(index, int) else index
+        return replace(self, **{k: t[index] for k, t in self.present().items()})
+
+    def to(self, device=None, dtype=None) -> CropEdit:
+        return replace(self, **{k: t.to(device=device, dtype=dtype) for k, t in self.present().items()})
+
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights
+
+
+def luma_change(delta: torch.Tensor) -> torch.Tensor:
+    """An RGB change (... x 3 x H x W) reduced to its brightness part (BT.601 luma of the change,
+    the same in the 3 channels): shading and shape survive, colour casts do not."""
+    w = torch.tensor(_LUMA, device=delta.device, dtype=delta.dtype).view(3, 1, 1)
+    return (delta * w).sum(-3, keepdim=True).expand_as(delta)
+
+
+def _base_grid(h: int, w: int, device, dtype) -> torch.Tensor:
+    """H x W x 2 grid_sample coordinates (x, y; align_corners=False) of the pixel centres."""
+    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (2.0 / h) - 1.0
+    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (2.0 / w) - 1.0
+    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+
+
+def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """x sampled at p + flow(p) (bilinear, border padding). x N x C x H x W; flow N x 2 x H x W in
+    grid_sample units (align_corners=False) on x's grid."""
+    grid = _base_grid(*flow.shape[-2:], flow.device, flow.dtype)[None] + flow.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def compose(x: torch.Tensor, edit) -> torch.Tensor:
+    """The edited crops: x (N x 3 x H x W in [-1, 1]) changed by ``edit`` (a CropEdit, or Fields),
+    clamped to [-1, 1]. Fields at another resolution than H x W are resampled bilinearly
+    (align_corners=False) to it; flow units do not depend on the resolution."""
+    if not isinstance(edit, CropEdit):
+        edit = CropEdit.from_fields(edit)
+    h, w = x.shape[-2:]
+    f = {k: t.to(x.dtype) if t.shape[-2:] == (h, w) else
+         F.interpolate(t.to(x.dtype), size=(h, w), mode="bilinear", align_corners=False)
+         for k, t in edit.present().items()}
+    out = warp_image(x, f["flow"]) if "flow" in f and f["flow"].any() else x  # no flow: exactly x
+    if "mask" in f:
+        out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
+    if "delta" in f:
+        out = out + f["delta"]
+    return out.clamp(-1, 1)
+
+
+def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.Image:
+    """``photo`` (PIL image or H x W x 3 uint8 RGB array) with face i changed by ``edit[i]``, at the
+    photo's own resolution, blended in with the feathered face ellipse (``faces.ellipse_alpha``).
+
+    Only each face's region (``faces.blend_region``) is computed; pixels outside it and wherever the
+    ellipse is 0 are byte-identical to the photo, and so is every pixel when the edit is zero.
+    Faces are applied in order, each to the photo as the previous ones left it. Returns a new RGB
+    image (the photo is not modified)."""
+    from affectedit.faces import blend_region, ellipse_alpha
+
+    out = np.array(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8, copy=True)
+    H, W = out.shape[:2]
+    if edit.present() and len(faces) != len(edit):
+        raise ValueError(f"{len(faces)} faces but {len(edit)} edits")
+    edit = edit.to("cpu", torch.float32)
+    for i, face in enumerate(faces):
+        x0, y0, x1, y1 = blend_region(face, W, H, feather)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        t = np.asarray(face.transform, dtype=np.float64)
+        px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+        ux = t[0, 0] * px + t[0, 1] * py + t[0, 2]  # unit crop coordinates of the region's pixels
+        uy = t[1, 0] * px + t[1, 1] * py + t[1, 2]
+        alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
+        grid = torch.from_numpy(np.stack([2 * ux - 1, 2 * uy - 1], -1).astype(np.float32))[None]
+        parts = edit[i].present()
+        sampled = F.grid_sample(torch.cat(list(parts.values()), 1), grid, mode="bilinear", padding_mode="border",
+                                align_corners=False)[0] if parts else None
+        f, k = {}, 0
+        for name, field in parts.items():  # split the sampled channels back into the fields
+            f[name], k = sampled[k:k + field.shape[1]], k + field.shape[1]
+        region = torch.from_numpy(out[y0:y1, x0:x1]).permute(2, 0, 1).float()
+        edited = _displaced(out, f["flow"], t, px, py) if "flow" in f and f["flow"].any() else region
+        if "mask" in f:
+            colour = (f["colour"] + 1) * 127.5 if "colour" in f else torch.zeros_like(edited)
+            edited = (1 - f["mask"]) * edited + f["mask"] * colour
+        if "delta" in f:
+            edited = edited + f["delta"] * 127.5
+        blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
+        out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(out, "RGB")
+
+
+def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndarray, py: np.ndarray) -> torch.Tensor:
+    """The photo (H x W x 3 uint8) sampled bilinearly at (px, py) + d, d the crop flow (2 x h x w,
+    grid_sample units) in photo pixels: half the flow is a step in unit crop coordinates, which the
+    inverse of the transform's linear part turns into photo pixels. Returns 3 x h x w float32."""
+    inv = torch.from_numpy(np.linalg.inv(t[:, :2]).astype(np.float32))
+    d = torch.einsum("ij,jhw->ihw", inv, flow * 0.5)
+    qx = torch.from_numpy(px.astype(np.float32)) + d[0]
+    qy = torch.from_numpy(py.astype(np.float32)) + d[1]
+    H, W = photo.shape[:2]
+    # read only the rectangle the displaced positions fall in (plus the bilinear neighbours)
+    sx0 = int(max(0, np.floor(float(qx.min())) - 1))
+    sy0 = int(max(0, np.floor(float(qy.min())) - 1))
+    sx1 = int(min(W, np.ceil(float(qx.max())) + 2))
+    sy1 = int(min(H, np.ceil(float(qy.max())) + 2))
+    if sx1 <= sx0 or sy1 <= sy0:  # the flow points entirely outside the photo: its nearest edge
+        sx0, sy0 = min(max(sx0, 0), W - 1), min(max(sy0, 0), H - 1)
+        sx1, sy1 = sx0 + 1, sy0 + 1
+    src = torch.from_numpy(photo[sy0:sy1, sx0:sx1]).permute(2, 0, 1).float()[None]
+    w, h = sx1 - sx0, sy1 - sy0
+    grid = torch.stack([(2 * (qx - sx0) + 1) / w - 1, (2 * (qy - sy0) + 1) / h - 1], -1)[None]
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]

@@ -1,0 +1,61 @@
+"""Device, precision and thread choice (affectedit.runtime)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from affectedit import runtime
+from affectedit.errors import UserError
+
+
+def test_thread_policy_uses_the_cores_other_processes_leave(monkeypatch):
+    """torch's thread count, less one for every core that other processes clearly keep busy."""
+    policy = runtime.ThreadPolicy()
+    monkeypatch.setattr(policy, "_own", 0.0)
+    cases = [  # cpus, load of others, ceiling -> threads
+        (2, 0.0, 2, 2), (2, 0.75, 2, 2), (2, 0.95, 2, 1), (2, 2.0, 2, 1),  # a quiet 2-core machine uses both
+        (4, 0.0, 4, 4), (4, 0.3, 4, 4), (4, 1.0, 4, 3), (4, 2.6, 4, 2), (4, 9.0, 4, 1),
+        (4, 2.0, 2, 2), (4, 3.0, 2, 1),  # 2 threads on 4 cores: others may take the 2 cores left
+    ]
+    for cpus, load, ceiling, want in cases:
+        monkeypatch.setattr(runtime, "cpu_count", lambda cpus=cpus: cpus)
+        monkeypatch.setattr(runtime.os, "getloadavg", lambda load=load: (load, load, load))
+        monkeypatch.setattr(policy, "_t", float("inf"))  # no update of the process's own share
+        assert policy(ceiling) == want, (cpus, load, ceiling)
+
+
+def test_threads_are_restored_after_a_call():
+    before = torch.get_num_threads()
+    with runtime.ThreadPolicy().threads(torch.device("cpu"), fixed=1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_precision_auto_is_bf16_only_where_it_is_native_and_faster(monkeypatch, tmp_path):
+    cpu = torch.device("cpu")
+    assert runtime.pick_precision("fp32", cpu) == "fp32" and runtime.pick_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UserError, match="precision"):
+        runtime.pick_precision("fp16x", cpu)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx2 avx512f\n")
+    assert not runtime.cpu_has_bf16(str(info))
+    info.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 amx_tile\n")
+    assert runtime.cpu_has_bf16(str(info))
+    assert not runtime.cpu_has_bf16(str(tmp_path / "missing"))
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert runtime.pick_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_bf16_is_faster", lambda: False)
+    assert runtime.pick_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(runtime, "cpu_bf16_is_faster", lambda: True)
+    assert runtime.pick_precision("auto", cpu) == "bf16"
+
+
+def test_devices():
+    assert runtime.pick_device("cpu") == torch.device("cpu")
+    assert runtime.pick_device(None).type in ("cpu", "cuda", "mps")
+    with pytest.raises(UserError, match="unknown device"):
+        runtime.pick_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            runtime.pick_device("cuda")

@@ -1,0 +1,109 @@
+"""Applying a change (affectedit.warp): to crops (compose) and straight to the photo (apply_to_photo)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affectedit import faces as F
+from affectedit.images import normalize
+from affectedit.warp import CropEdit, Fields, apply_to_photo, compose, warp_image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "london_001_neutral.jpg"  # 675 x 675, one face
+
+
+@pytest.fixture(scope="module")
+def photo():
+    img = Image.open(EXAMPLE).convert("RGB")
+    return img, F.detect_faces(img)
+
+
+def test_compose_terms():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    c = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.equal(compose(x, CropEdit()), x)
+    assert torch.equal(compose(x, CropEdit(flow=torch.zeros(2, 2, 16, 16), delta=torch.zeros_like(x))), x)
+    m = torch.rand(2, 1, 16, 16)
+    assert torch.allclose(compose(x, CropEdit(mask=m, colour=c)), (1 - m) * x + m * c)
+    assert torch.allclose(compose(x, CropEdit(delta=torch.full_like(x, 0.1))), (x + 0.1).clamp(-1, 1))
+    # Fields of a warp head work as an edit directly
+    assert torch.allclose(compose(x, Fields(torch.zeros(2, 2, 16, 16), m, c)), (1 - m) * x + m * c)
+
+
+def test_flow_is_a_backward_displacement_in_grid_units():
+    """A horizontal ramp moved by a constant flow: the edit at p shows the input at p + flow."""
+    S = 32
+    ramp = ((torch.arange(S) + 0.5) / S * 2 - 1).view(1, 1, 1, S).expand(1, 3, S, S)  # value = grid x
+    flow = torch.zeros(1, 2, S, S)
+    flow[:, 0] = 0.25
+    out = warp_image(ramp, flow)
+    inner = out[..., : S - 5]  # away from the border, where the border is replicated
+    assert torch.allclose(inner, ramp[..., : S - 5] + 0.25, atol=1e-5)
+
+
+def test_compose_resamples_the_fields_to_the_crop():
+    x = torch.zeros(1, 3, 64, 64)
+    delta = torch.full((1, 3, 8, 8), 0.25)
+    assert torch.allclose(compose(x, CropEdit(delta=delta)), torch.full_like(x, 0.25))
+
+
+def test_zero_change_is_byte_identical(photo):
+    img, faces = photo
+    S = 64
+    zero = CropEdit(flow=torch.zeros(1, 2, S, S), mask=torch.zeros(1, 1, S, S), colour=torch.rand(1, 3, S, S),
+                    delta=torch.zeros(1, 3, S, S))
+    for edit in (zero, CropEdit(), CropEdit(delta=torch.zeros(1, 3, S, S))):
+        assert np.array_equal(np.asarray(apply_to_photo(img, faces, edit)), np.asarray(img))
+
+
+def test_only_the_face_region_changes(photo):
+    img, faces = photo
+    S = 64
+    out = np.asarray(apply_to_photo(img, faces, CropEdit(delta=torch.full((1, 3, S, S), 0.5))))
+    changed = (out != np.asarray(img)).any(2)
+    x0, y0, x1, y1 = F.blend_region(faces[0], img.width, img.height)
+    assert changed.sum() > 10000 and not changed[:y0].any() and not changed[y1:].any()
+    assert not changed[:, :x0].any() and not changed[:, x1:].any()
+
+
+def test_paper_edit_blends_like_paste_back(photo):
+    """mask 1 and colour = a crop: the same blend paste_back makes of that crop (rounding aside)."""
+    img, faces = photo
+    crop = F.align_face(img, faces[0], 256)
+    out = apply_to_photo(img, faces, CropEdit(mask=torch.ones(1, 1, 256, 256), colour=normalize(np.asarray(crop))[None]))
+    ref = F.paste_back(img, faces[0], crop)
+    d = np.abs(np.asarray(out).astype(int) - np.asarray(ref).astype(int))
+    assert d.max() <= 1 and d.mean() < 0.01
+
+
+def test_flow_moves_the_photos_own_pixels(photo):
+    """On a photo that is a linear ramp, a constant crop flow f samples the ramp at P + d, d the
+    flow in photo pixels: A^-1 f / 2 (A the linear part of the face's transform)."""
+    img, faces = photo
+    face = faces[0]
+    W, H = img.size
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    ramp = 40 + 0.2 * xx + 0.1 * yy
+    arr = np.repeat(ramp[..., None], 3, axis=2).round().astype(np.uint8)
+    S = 64
+    flow = torch.zeros(1, 2, S, S)
+    flow[:, 0], flow[:, 1] = 0.05, -0.03
+    out = np.asarray(apply_to_photo(arr, [face], CropEdit(flow=flow))).astype(np.float64)
+    d = np.linalg.inv(np.asarray(face.transform)[:, :2]) @ np.array([0.05, -0.03]) / 2
+    assert np.abs(d).max() > 5  # a real move, several pixels
+    ux = face.transform[0, 0] * xx + face.transform[0, 1] * yy + face.transform[0, 2]
+    uy = face.transform[1, 0] * xx + face.transform[1, 1] * yy + face.transform[1, 2]
+    core = F.ellipse_alpha(ux, uy) == 1
+    want = 40 + 0.2 * (xx + d[0]) + 0.1 * (yy + d[1])
+    assert core.sum() > 10000 and np.abs(out[..., 0][core] - want[core]).max() <= 1.0
+
+
+def test_edit_count_must_match_faces(photo):
+    img, faces = photo
+    with pytest.raises(ValueError, match="faces"):
+        apply_to_photo(img, faces, CropEdit(delta=torch.zeros(2, 3, 8, 8)))
