@@ -116,6 +116,7 @@ def test_prepare_real_faces_skips_bad_files_and_resumes(tmp_path, monkeypatch):
 
 
 @needs_lfw
+@pytest.mark.slow
 def test_prepare_cli_with_workers(tmp_path):
     from affectedit.cli import main
 

@@ -125,9 +125,13 @@ def test_lfw_and_london_readers(tmp_path):
 
     lon = tmp_path / "london"
     lon.mkdir()
-    (lon / "labels.csv").write_text("image,identity,emotion\nsmiling_front/001_08.jpg,001,happiness\n")
-    (x,) = read_london(lon)
-    assert x.split is None and x.emotion == "happiness" and x.valence > 0
+    (lon / "labels.csv").write_text("image,identity,emotion\nsmiling_front/001_08.jpg,london_001,happiness\n"
+                                    "neutral_front/002_03.jpg,london_002,neutral\ncanada/003f.jpg,canada_003f,neutral\n")
+    x, y, z = read_london(lon)
+    assert x.emotion == "happiness" and x.valence > 0
+    # split by identity: odd London numbers are validation, the rest and Canada are training
+    assert (x.split, y.split, z.split) == ("val", "train", "train")
+    assert [s.identity for s in read_london(lon, split="train")] == ["london_002", "canada_003f"]
 
 
 def test_read_dataset_unknown_format(tmp_path):

@@ -143,6 +143,7 @@ def test_grid_edits_are_the_editors_edits(tiny_run, tiny_cache):
             parse_mode(bad)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report(tiny_run, tiny_cache, tmp_path):
     out = tmp_path / "report"
     result = evaluate(tiny_run / "run" / "checkpoint.pt", tiny_cache, tiny_run / "reg", out, faces=2,

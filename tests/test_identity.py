@@ -64,6 +64,7 @@ def chips() -> list[np.ndarray]:
     return out
 
 
+@pytest.mark.slow
 def test_dlib_port_matches_dlib_descriptors(dlib_net, chips):
     import dlib
 

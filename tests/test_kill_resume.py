@@ -178,6 +178,7 @@ def _all_finite(path: Path) -> bool:
     return all(torch.isfinite(t).all() for m in _weights(path).values() for t in m.values() if t.is_floating_point())
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_cache, tmp_path):
     run = tmp_path / "run"
     before = _good_run(tiny_cache, run)
@@ -193,6 +194,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tiny_cache
     assert load_checkpoint(run)["step"] == 4 and _all_finite(run / "checkpoint.pt")
 
 
+@pytest.mark.slow
 def test_diverged_weights_never_replace_the_last_good_checkpoint(tiny_cache, tmp_path):
     # lr=1e10: some weights overflow to inf while the losses of that step are still finite; the
     # checkpoint written after such a step would be garbage, so it is refused.

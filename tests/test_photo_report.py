@@ -99,15 +99,16 @@ class _NoEdit:
 
 
 def test_report_end_to_end_with_identity_editor(shared_data, tmp_path):
-    r = pr.photo_report(_NoEdit(), tmp_path, data=shared_data, lfw_faces=2, london_faces=2, grid_rows=2, cell=96,
+    r = pr.photo_report(_NoEdit(), tmp_path, data=shared_data, lfw_faces=1, london_faces=2, grid_rows=2, cell=96,
                         progress=False)
-    assert r["faces"]["london"] == 2 and r["faces"]["lfw"] == 2
+    assert r["faces"]["london"] == 2 and r["faces"]["lfw"] == 1
     s = r["summary"]["neutral"]["all"]
     assert s["same_person"] == 1.0 and s["change"]["max"] == 0.0
     assert s["texture_ratio"]["min"] == pytest.approx(1.0) and s["texture_ratio"]["max"] == pytest.approx(1.0)
+    assert s["mouth_texture_ratio"]["mean"] == pytest.approx(1.0)
     assert r["summary"]["happy"]["all"]["identity_distance"]["max"] < 1e-6
     assert r["mouth"]["n"] == 2 and abs(r["mouth"]["median"]) < 1e-9
-    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["sad"]["all"]["n"] == 4
+    assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["sad"]["all"]["n"] == 3
     md = (tmp_path / "README.md").read_text()
     assert "| happy" in md and "judge agrees" in md and "grid.jpg" in md
     grid = Image.open(tmp_path / "grid.jpg")

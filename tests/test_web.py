@@ -210,6 +210,7 @@ def rss_mb() -> float:
     raise AssertionError("no VmRSS in /proc/self/status")
 
 
+@pytest.mark.slow
 def test_load_20_clients_x_10_edits(editor):
     clients, edits = 20, 10
     counting = CountingEditor(editor)

@@ -110,6 +110,7 @@ def readout(driver) -> tuple[float, float]:
     return float(words[1]), float(words[4])
 
 
+@pytest.mark.slow
 def test_upload_pick_point_and_get_edit(server, tmp_path):
     with chromium(tmp_path / "chromium-profile") as browser:
         check_page(server, browser, tmp_path)

@@ -46,6 +46,7 @@ class LossConfig:
     # Warp head only (model.head="warp"); 0 switches a term off. The edited branch asks G for a
     # sampled target label y_t and is trained with the frozen FER-2013 expression model.
     expression: float = 0.0   # soft-label cross-entropy of the expression model on x(y_t) (StarGAN's L_cls, continuous)
+    expression_warmup: int = 0  # steps over which the expression weight ramps up from 0 (GANimation: masks saturate otherwise)
     expression_tau: float = 0.08  # width of the soft label: p_k ~ exp(-|y_t - anchor_k|^2 / tau)
     mask: float = 0.0         # mean of the mask A (keeps the change small where it is not needed)
     change: float = 0.0       # mean |x(y_t) - warp(x)|: the new appearance the edit paints (its budget)
@@ -64,17 +65,23 @@ class TrainConfig:
     adam_eps: float = 1e-8
     steps: int = 100_000
     seed: int = 0
-    mixed_precision: str = "no"       # "no", "bf16" or "fp16" (passed to Accelerate)
+    # "auto": bf16 where it is native and measured faster (a GPU with bf16; a CPU with avx512_bf16
+    # or AMX, see runtime.pick_precision), else "no" (fp32); or "no", "bf16", "fp16" (Accelerate's names)
+    mixed_precision: str = "auto"
+    threads: int = 0                  # CPU torch threads: 0 = automatic (runtime.ThreadPolicy, re-checked every 50 steps)
     channels_last: bool = True        # NHWC memory format: about 2x faster convolutions on CPU (oneDNN)
     checkpoint_every: int = 500
     sample_every: int = 500
     log_every: int = 10
-    num_workers: int = 0
     hflip: bool = True
     balance: float = 0.0              # label-balanced sampling: 0 = plain shuffle (paper), 0.5 = rare expressions more often
     init_from: str = ""               # warm start: E and G weights (all that fit) from a checkpoint or exported weights
     extra_data: str = ""              # a second face cache mixed into every batch (e.g. london-portraits train)
     extra_fraction: float = 0.0       # share of each batch drawn from extra_data
+
+
+# Keys that configs stored by earlier versions may hold and that no longer mean anything.
+RETIRED = {("train", "num_workers")}
 
 
 @dataclass
@@ -94,6 +101,8 @@ class Config:
             if sub is None or not dataclasses.is_dataclass(sub):
                 raise KeyError(f"unknown config section {section!r}")
             for key, value in values.items():
+                if (section, key) in RETIRED:
+                    continue
                 _set_field(sub, section, key, value)
         return cfg
 
@@ -168,16 +177,21 @@ def warp() -> Config:
     the frozen FER-2013 expression model (the paper's losses stay; see MODEL_CARD.md)."""
     cfg = cpu()
     cfg.model.head = "warp"
-    cfg.loss.expression = 1.0
-    cfg.loss.mask = 0.1
-    cfg.loss.mask_tv = 0.5
-    cfg.loss.flow_tv = 2.0
-    cfg.loss.flow_size = 0.5
-    cfg.loss.target_identity = 1.0 / 3
-    cfg.loss.identity = 0.0   # the reconstruction branch only has to keep x; identity is asked of the edit
-    cfg.loss.img = 0.05
+    cfg.model.max_flow = 0.1
+    cfg.loss.rec = 20.0               # own label -> no change (reachable exactly: A = 0, flow = 0)
+    cfg.loss.identity = 0.0           # the reconstruction branch only has to keep x; identity is asked of the edit
+    cfg.loss.target_identity = 3.0
     cfg.loss.identity_images = 8
+    cfg.loss.img = 0.1
+    cfg.loss.expression = 0.05
+    cfg.loss.expression_warmup = 300
+    cfg.loss.mask = 3.0
+    cfg.loss.change = 2.0
+    cfg.loss.mask_tv = 1.0
+    cfg.loss.flow_tv = 5.0
+    cfg.loss.flow_size = 1.0
     cfg.train.balance = 0.5
+    cfg.train.lr = 5e-5
     cfg.train.steps = 3000
     return cfg
 

@@ -185,8 +185,11 @@ class WarpGenerator(Generator):
         size = h.shape[-2:]
         coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
         flow = self.max_flow * torch.tanh(coarse + h[:, :2])
-        mask = torch.sigmoid(h[:, 2:3] + MASK_OFFSET)
-        colour = torch.tanh(h[:, 3:])
+        # Mask and colour at half resolution (smooth): new appearance is shading and shapes, not
+        # pixel patterns (a frozen classifier responds to those; see losses.expression_loss).
+        smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
+        mask = torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
+        colour = torch.tanh(smooth[:, 1:])
         return Fields(flow, mask, colour)
 
 
@@ -202,7 +205,8 @@ def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def compose(x: torch.Tensor, fields: Fields) -> torch.Tensor:
-    """x_gen = A * C + (1 - A) * warp(x, flow) at the crop's resolution."""
+    """x_gen = A * C + (1 - A) * warp(x, flow) at the crop's resolution, as trained (unclamped;
+    ``affectedit.warp.compose`` is the general form for any edit and resolution)."""
     a = fields.mask.to(x.dtype)
     return a * fields.colour.to(x.dtype) + (1 - a) * warp_image(x, fields.flow.to(x.dtype))
 

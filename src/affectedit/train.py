@@ -1,4 +1,4 @@
-"""The training loop of the conditional adversarial autoencoder, and its checkpoints.
+"""The training loop of the conditional adversarial autoencoder.
 
 One function, `train`, reads top to bottom: each step updates D_z and D_img on the current
 encoder/generator outputs, then E and G on the paper's total loss (eq. 5). It runs on Hugging
@@ -10,6 +10,13 @@ every random draw (prior samples) is made for the global batch from a generator 
 (seed, step); losses are per-sample sums divided by the global batch size; batch norm in the
 discriminators is synchronised. A run with W processes therefore follows the one-process run,
 and a resumed run follows the uninterrupted one (the data order is a function of the step).
+
+With the warp head (``model.head="warp"``, preset ``warp``) each step has two branches through the
+same G: the reconstruction branch (the face's own label; L_rec, so that asking a face for its own
+expression changes nothing) and the edited branch (a sampled target y_t, see ``sample_targets``),
+which D_img judges against real (face, label) pairs and which carries the identity loss and the
+expression loss of the frozen FER-2013 model (``affectedit.expression``), seen through random
+small shifts and blur (``_jitter``), plus the mask, change and flow regularisers (losses.py).
 """
 from __future__ import annotations
 
@@ -101,7 +108,10 @@ def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta[:, :, 2] = 0.08 * r[:, 2:]
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     x = torch.nn.functional.grid_sample(x, grid.to(x.dtype), padding_mode="border", align_corners=False)
-    # and a random blur (0..1 of a 3x3 box filter): a pattern that only works unblurred is not an expression
+    # then the classifier sees a low-pass copy (half resolution, and a random extra blur): a
+    # pattern that only works at full resolution is not an expression
+    size = x.shape[-2:]
+    x = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), size=size, mode="bilinear", align_corners=False)
     b = r[:, 3:4, None, None].abs().to(x.dtype)
     return (1 - b) * x + b * torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
 
@@ -184,8 +194,15 @@ def train(
     # Accelerate keeps one global state per process; forget the previous run's precision so that
     # several runs can happen in one process (tests, benchmarks). The process group is kept.
     AcceleratorState._reset_state()
+    from affectedit.runtime import ThreadPolicy, pick_device, pick_precision
+
+    precision = tc.mixed_precision
+    if precision == "auto":  # the same choice as inference: bf16 only where it is native and faster
+        precision = "bf16" if pick_precision("auto", pick_device(None)) == "bf16" else "no"
+    policy = ThreadPolicy()
+    ceiling = torch.get_num_threads()
     accelerator = Accelerator(
-        mixed_precision=tc.mixed_precision,
+        mixed_precision=precision,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
@@ -266,7 +283,7 @@ def train(
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tensorboard"))
-    sample_x, sample_y = cache.fixed_batch(8) if hasattr(cache, "fixed_batch") else next(batches(cache, 8, seed=12345, hflip=False))
+    sample_x, sample_y = next(batches(cache, 8, seed=12345, hflip=False))
 
     B, k_id = tc.batch_size, min(lc.identity_images, tc.batch_size)
     lo, hi = _shard(B, rank, world)
@@ -299,6 +316,9 @@ def train(
         last_saved = step
 
     for step in range(start, end):
+        if device.type == "cpu" and (step - start) % 50 == 0:
+            # 2 OpenMP threads on a core that another job keeps busy run 2-8x slower than 1 thread
+            torch.set_num_threads(tc.threads or policy(ceiling))
         x_all, y_all = next(stream)
         if n_extra:
             xe, ye = next(extra_stream)
@@ -365,7 +385,8 @@ def train(
                             + lc.flow_tv * total_variation(flow) * (mc.image_size / 2)
                             + lc.flow_size * flow.float().abs().flatten(1).mean(1) * (mc.image_size / 2) / 10).sum() * world / (2 * B)
                 loss_reg = loss_reg + lc.change * (x_t.float() - warped_t.float()).abs().flatten(1).mean(1).sum() * world / B
-                loss_eg = loss_eg + lc.target_identity * loss_tid + lc.expression * loss_expr + loss_reg
+                ramp = min(1.0, (step + 1) / lc.expression_warmup) if lc.expression_warmup > 0 else 1.0
+                loss_eg = loss_eg + lc.target_identity * loss_tid + ramp * lc.expression * loss_expr + loss_reg
         opt_eg.zero_grad(set_to_none=True)
         accelerator.backward(loss_eg)
 

@@ -26,24 +26,16 @@ The edit modes build CropEdits (see ``Editor.crop_edit``): "paper" = CropEdit(ma
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from affectedit.faces import blend_region, ellipse_alpha
+from affectedit.networks import Fields, warp_image
+
 __all__ = ["CropEdit", "Fields", "apply_to_photo", "compose", "luma_change", "warp_image"]
-
-
-class Fields(NamedTuple):
-    """What a warp-head generator returns for N crops at the model's resolution S: ``flow``
-    N x 2 x S x S, ``mask`` N x 1 x S x S in [0, 1], ``colour`` N x 3 x S x S in [-1, 1] (units as
-    in :class:`CropEdit`)."""
-
-    flow: torch.Tensor
-    mask: torch.Tensor
-    colour: torch.Tensor
 
 
 @dataclass
@@ -87,20 +79,6 @@ def luma_change(delta: torch.Tensor) -> torch.Tensor:
     return (delta * w).sum(-3, keepdim=True).expand_as(delta)
 
 
-def _base_grid(h: int, w: int, device, dtype) -> torch.Tensor:
-    """H x W x 2 grid_sample coordinates (x, y; align_corners=False) of the pixel centres."""
-    ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * (2.0 / h) - 1.0
-    xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * (2.0 / w) - 1.0
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-
-
-def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """x sampled at p + flow(p) (bilinear, border padding). x N x C x H x W; flow N x 2 x H x W in
-    grid_sample units (align_corners=False) on x's grid."""
-    grid = _base_grid(*flow.shape[-2:], flow.device, flow.dtype)[None] + flow.permute(0, 2, 3, 1)
-    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
-
-
 def compose(x: torch.Tensor, edit) -> torch.Tensor:
     """The edited crops: x (N x 3 x H x W in [-1, 1]) changed by ``edit`` (a CropEdit, or Fields),
     clamped to [-1, 1]. Fields at another resolution than H x W are resampled bilinearly
@@ -127,8 +105,6 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
     ellipse is 0 are byte-identical to the photo, and so is every pixel when the edit is zero.
     Faces are applied in order, each to the photo as the previous ones left it. Returns a new RGB
     image (the photo is not modified)."""
-    from affectedit.faces import blend_region, ellipse_alpha
-
     out = np.array(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8, copy=True)
     H, W = out.shape[:2]
     if edit.present() and len(faces) != len(edit):
