@@ -79,3 +79,53 @@ def test_init_is_paper_init():
 def test_bad_image_size():
     with pytest.raises(ValueError, match="divisible by 16"):
         build_models(get_config("tiny", ["model.image_size=40"]).model)
+
+
+# ---------------------------------------------------------------- the warp head
+
+
+def test_warp_head_fields_bounded_and_start_as_no_change():
+    from affectedit.networks import Fields, compose
+
+    cfg = get_config("tiny", ["model.head=warp", "model.max_flow=0.1"]).model
+    torch.manual_seed(0)
+    m = build_models(cfg)
+    s = cfg.image_size
+    x = torch.rand(3, 3, s, s) * 2 - 1
+    f = m["generator"](m["encoder"](x), torch.rand(3, 2) * 2 - 1)
+    assert isinstance(f, Fields)
+    assert f.flow.shape == (3, 2, s, s) and f.mask.shape == (3, 1, s, s) and f.colour.shape == (3, 3, s, s)
+    # a fresh head moves nothing and paints almost nothing (mask sigmoid(-3))
+    assert f.flow.abs().max() == 0 and f.mask.max() < 0.06
+    out = compose(x, f)
+    assert (out - x).abs().mean() < 0.06
+    # trained weights are bounded by construction
+    with torch.no_grad():
+        for p in m["generator"].parameters():
+            p.add_(torch.randn_like(p))
+    f = m["generator"](m["encoder"](x), torch.rand(3, 2) * 2 - 1)
+    assert f.flow.abs().max() <= 0.1 + 1e-6 and 0 <= f.mask.min() and f.mask.max() <= 1 and f.colour.abs().max() <= 1
+
+
+def test_warp_image_moves_pixels_by_the_flow():
+    from affectedit.networks import warp_image
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    flow = torch.zeros(1, 2, 4, 4)
+    assert torch.equal(warp_image(x, flow), x)
+    flow[:, 0] = 2.0 / 4  # one pixel to the right, in grid units (2 / width)
+    shifted = warp_image(x, flow)
+    assert torch.allclose(shifted[..., :, :3], x[..., :, 1:])  # p samples p + 1 px; the border repeats
+
+
+def test_expression_targets_and_loss():
+    from affectedit.losses import expression_loss, soft_expression_targets, total_variation
+
+    anchors = torch.tensor([[0.0, 0.0], [0.83, 0.53], [-0.65, -0.27]])
+    t = soft_expression_targets(torch.tensor([[0.83, 0.53], [0.0, 0.0]]), anchors, 0.08)
+    assert torch.allclose(t.sum(1), torch.ones(2)) and t[0].argmax() == 1 and t[1].argmax() == 0 and t[0, 1] > 0.9
+    right = expression_loss(torch.tensor([[0.0, 5.0, 0.0]]), t[:1])
+    wrong = expression_loss(torch.tensor([[5.0, 0.0, 0.0]]), t[:1])
+    assert right < wrong
+    assert total_variation(torch.ones(2, 1, 4, 4)).abs().max() == 0
+    assert total_variation(torch.eye(4).view(1, 1, 4, 4)).item() > 0

@@ -164,3 +164,35 @@ def test_two_process_data_parallel_matches_one_process(tiny_cache, tmp_path):
     for n in ("encoder", "generator"):
         moved = max((b[n][k].float() - start[n][k].float()).abs().max().item() for k in start[n] if start[n][k].is_floating_point())
         assert moved > 1e-5, f"{n} did not change in 3 steps"
+
+
+def test_warp_head_trains_against_the_expression_model(tiny_cache, tmp_path):
+    """The warp preset's losses on a tiny model: every term is finite and logged, and a warm start
+    from a pixel-head checkpoint copies the trunk and initialises the colour from its RGB layer."""
+    pytest.importorskip("h5py")
+    pixels = tmp_path / "pixels"
+    train(_cfg("train.steps=1"), tiny_cache, pixels, progress=False)
+    warp = get_config("warp")
+    overrides = [f"loss.{k}={getattr(warp.loss, k)}" for k in ("rec", "expression", "mask", "change", "mask_tv", "flow_tv",
+                                                              "flow_size", "target_identity")]
+    cfg = _cfg("model.head=warp", "train.steps=2", "loss.identity_images=2", f"train.init_from={pixels / 'checkpoint.pt'}", *overrides)
+    logs = train(cfg, tiny_cache, tmp_path / "warp", progress=False)
+    assert logs["expression"] > 0 and logs["target_identity"] > 0 and logs["warp_reg"] > 0
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    _, w = _weights(tmp_path / "warp")
+    _, p = _weights(pixels)
+    assert w["generator"]["deconvs.10.weight"].shape[1] == 6 and p["generator"]["deconvs.10.weight"].shape[1] == 3
+
+
+def test_warm_start_copies_what_fits(tiny_cache, tmp_path):
+    from affectedit.networks import build_models
+    from affectedit.train import warm_start
+
+    train(_cfg("train.steps=1"), tiny_cache, tmp_path / "p", progress=False)
+    src = load_checkpoint(tmp_path / "p" / "checkpoint.pt")["models"]["generator"]
+    models = build_models(get_config("tiny", ["model.head=warp"]).model)
+    copied = warm_start(models, tmp_path / "p" / "checkpoint.pt")
+    g = models["generator"].state_dict()
+    assert "generator.fc.weight" in copied and torch.equal(g["fc.weight"], src["fc.weight"].float())
+    assert torch.equal(g["deconvs.10.weight"][:, 3:], src["deconvs.10.weight"].float())  # colour <- RGB
+    assert g["deconvs.10.weight"][:, :3].abs().max() == 0  # flow and mask still start at "no change"

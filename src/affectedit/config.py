@@ -54,6 +54,7 @@ class LossConfig:
     flow_tv: float = 0.0      # total variation of the flow (smooth motion)
     flow_size: float = 0.0    # mean |flow| (no motion that the loss does not ask for)
     target_identity: float = 0.0  # identity loss between x and its edit x(y_t)
+    label: float = 0.0        # warp head: squared error of E's read-out of the face's own label
 
 
 @dataclass
@@ -178,18 +179,19 @@ def warp() -> Config:
     cfg = cpu()
     cfg.model.head = "warp"
     cfg.model.max_flow = 0.1
-    cfg.loss.rec = 20.0               # own label -> no change (reachable exactly: A = 0, flow = 0)
+    cfg.loss.rec = 10.0               # own label -> no change (reachable exactly: A = 0, flow = 0)
     cfg.loss.identity = 0.0           # the reconstruction branch only has to keep x; identity is asked of the edit
     cfg.loss.target_identity = 3.0
     cfg.loss.identity_images = 8
     cfg.loss.img = 0.1
-    cfg.loss.expression = 0.05
-    cfg.loss.expression_warmup = 300
-    cfg.loss.mask = 3.0
-    cfg.loss.change = 2.0
+    cfg.loss.expression = 1.0
+    cfg.loss.expression_warmup = 100
+    cfg.loss.label = 1.0
+    cfg.loss.mask = 1.0
+    cfg.loss.change = 1.0
     cfg.loss.mask_tv = 1.0
-    cfg.loss.flow_tv = 5.0
-    cfg.loss.flow_size = 1.0
+    cfg.loss.flow_tv = 3.0
+    cfg.loss.flow_size = 0.5
     cfg.train.balance = 0.5
     cfg.train.lr = 5e-5
     cfg.train.steps = 3000

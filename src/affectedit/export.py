@@ -24,6 +24,7 @@ import torch
 
 from affectedit.errors import UserError
 from affectedit.io import atomic_path
+from affectedit.networks import compose
 
 __all__ = ["ONNX_OPSET", "EditNet", "export_onnx", "onnx_bytes", "ort_session"]
 
@@ -32,7 +33,8 @@ ONNX_OPSET = 17
 
 
 class EditNet(torch.nn.Module):
-    """G(E(x), y) as one module: the graph that ``export_onnx`` writes."""
+    """G(E(x), y) as one module: the graph that ``export_onnx`` writes. For a generator with the
+    warp head the output is the edited crop, compose(x, G(E(x), y)) (GridSample, opset >= 16)."""
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module):
         super().__init__()
@@ -40,7 +42,8 @@ class EditNet(torch.nn.Module):
         self.generator = generator
 
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return self.generator(self.encoder(image), label)
+        out = self.generator(self.encoder(image), label)
+        return out if torch.is_tensor(out) else compose(image, out)
 
 
 def _require_onnx() -> None:

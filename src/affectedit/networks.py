@@ -148,22 +148,48 @@ class Fields(NamedTuple):
 MASK_OFFSET = -3.0
 
 
+class WarpEncoder(Encoder):
+    """E for the warp head: the paper's encoder, plus a linear read-out of the face's own
+    (valence, arousal) from the same features. Returns the code [z, y_src] (N x (z_dim + 2));
+    z alone is what D_z sees, y_src tells G where the expression starts from."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.label_fc = nn.Linear(self.fc.in_features, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.convs(x).flatten(1)
+        return torch.cat([torch.tanh(self.fc(h)), torch.tanh(self.label_fc(h))], dim=1)
+
+
+# The edit fades in over this distance between the asked label and the face's own (y_src): asking
+# a face for the expression it shows changes nothing, by construction.
+GATE = 0.25
+
+
 class WarpGenerator(Generator):
     """G with the warp head: the paper's FC + transposed-conv trunk, whose last layer predicts 6
     channels instead of RGB (fine flow 2, mask 1, colour 3), plus a coarse flow predicted from the
-    S/4 feature map. flow = max_flow * tanh(up(coarse) + fine); mask = sigmoid(logit - 3);
-    colour = tanh. Returns :class:`Fields`; :func:`compose` applies them to the input crop, and
-    ``affectedit.warp`` applies them (upsampled) to the original photo."""
+    S/4 feature map. The code is [z, y_src] (see :class:`WarpEncoder`); besides the paper's tiled
+    label at the FC, (y, y - y_src) adds a learned per-channel bias at the input of every
+    transposed convolution, so the change depends on where the expression starts and ends.
+    flow = g * max_flow * tanh(up(coarse) + fine); mask = g * sigmoid(logit - 3) (mask and colour
+    at half resolution: shading and shapes, not pixel patterns); colour = tanh; g = min(1,
+    |y - y_src| / GATE). Returns :class:`Fields`; :func:`compose` applies them to the input crop,
+    ``affectedit.warp`` (upsampled) to the original photo."""
 
     head = "warp"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         k, p = cfg.kernel_size, _pad(cfg.kernel_size)
+        self.z_dim = cfg.z_dim
         self.deconvs[-1] = nn.ConvTranspose2d(cfg.generator_channels[-1], 6, k, 1, p)
         self.coarse = nn.Conv2d(cfg.generator_channels[1], 2, 3, 1, 1)
         self.coarse_after = 3  # index in deconvs of the ReLU after the second stride-2 layer (S/4)
         self.max_flow = float(cfg.max_flow)
+        inputs = [cfg.generator_fc_channels, *cfg.generator_channels]
+        self.cond = nn.ModuleList(nn.Linear(4, c) for c in inputs)
 
     def reset_fields(self) -> None:
         """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
@@ -174,21 +200,27 @@ class WarpGenerator(Generator):
             self.coarse.weight.zero_()
             self.coarse.bias.zero_()
 
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> Fields:  # type: ignore[override]
-        h = self.fc(torch.cat([z, tile_label(y, self.label_repeat).to(z.dtype)], dim=1))
+    def forward(self, code: torch.Tensor, y: torch.Tensor) -> Fields:  # type: ignore[override]
+        z, y_src = code[:, : self.z_dim], code[:, self.z_dim :]
+        y = y.to(z.dtype)
+        delta = y - y_src
+        cond = torch.cat([y, delta], dim=1)
+        h = self.fc(torch.cat([z, tile_label(y, self.label_repeat)], dim=1))
         h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
-        coarse = None
+        coarse, j = None, 0
         for i, layer in enumerate(self.deconvs):
+            if isinstance(layer, nn.ConvTranspose2d):
+                h = h + self.cond[j](cond)[:, :, None, None].to(h.dtype)
+                j += 1
             h = layer(h)
             if i == self.coarse_after:
                 coarse = self.coarse(h)
         size = h.shape[-2:]
+        gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
         coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        flow = self.max_flow * torch.tanh(coarse + h[:, :2])
-        # Mask and colour at half resolution (smooth): new appearance is shading and shapes, not
-        # pixel patterns (a frozen classifier responds to those; see losses.expression_loss).
+        flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
         smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
-        mask = torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
+        mask = gate * torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
         colour = torch.tanh(smooth[:, 1:])
         return Fields(flow, mask, colour)
 
@@ -275,7 +307,7 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
     if cfg.head not in ("pixels", "warp"):
         raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
     models = {
-        "encoder": Encoder(cfg),
+        "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),
         "d_z": LatentDiscriminator(cfg),
         "d_img": ImageDiscriminator(cfg),

@@ -311,6 +311,33 @@ def _pick_lfw_face(found, size):
 
 # --------------------------------------------------------------------------------------------- the report
 
+def _editor_info(editor) -> dict:
+    """What was measured: the editor's class, training step, head and edit settings when it has them,
+    and the project's git commit (``+dirty`` when the work tree had changes)."""
+    import subprocess
+
+    info: dict = {"class": type(editor).__name__}
+    for k in ("step", "image_size", "precision"):
+        v = getattr(editor, k, None)
+        if isinstance(v, (int, float, str)):
+            info[k] = v
+    head = getattr(getattr(getattr(editor, "config", None), "model", None), "head", None)
+    if head is not None:
+        info["head"] = str(head)
+    ec = getattr(editor, "edit_config", None)
+    if ec is not None:
+        info["edit_config"] = repr(ec)
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if rev.returncode == 0:
+            info["git"] = rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
 def _fer():
     try:
         from affectedit.data.labels import ExpressionClassifier
@@ -500,6 +527,8 @@ def photo_report(
               for s in ("all", "london", "lfw")}
     mouth = {"median": float(np.median([p["fraction"] for p in pairs])) if pairs else None,
              "mean": float(np.mean([p["fraction"] for p in pairs])) if pairs else None,
+             "quartiles": [float(q) for q in np.percentile([p["fraction"] for p in pairs], [25, 75])] if pairs else None,
+             "share_at_target": float(np.mean([p["fraction"] >= TARGETS["mouth"] for p in pairs])) if pairs else None,
              "median_cosine": float(np.median([p["cosine"] for p in pairs])) if pairs else None,
              "median_edit_shift_px": float(np.median([p["edit_shift_px"] for p in pairs])) if pairs else None,
              "median_smile_shift_px": float(np.median([p["smile_shift_px"] for p in pairs])) if pairs else None,
@@ -512,6 +541,7 @@ def photo_report(
 
     result = {
         "title": title,
+        "editor": _editor_info(editor),
         "emotions": {e: {"valence": labels[e][0], "arousal": labels[e][1], "judge_class": ASKED.get(e)} for e in emotions},
         "targets": {"judge_agree": TARGETS["judge_agree"], "same_person": TARGETS["same_person"],
                     "texture_ratio": list(TARGETS["texture"]), "neutral_change": TARGETS["neutral_change"],
@@ -597,7 +627,9 @@ def _markdown(r: dict) -> str:
         "",
         f"Mouth (London validation same-session pairs, n = {m['n']}): the happy edit moves dlib's 68-point mouth "
         f"landmarks (eyes aligned) a median **{_pct(m['median'])}** of the way from the neutral photo to the "
-        f"person's real smile{_ok(m['median'], t['mouth_median'])} (mean {_pct(m['mean'])}; negative = away from it). "
+        f"person's real smile{_ok(m['median'], t['mouth_median'])} (mean {_pct(m['mean'])}, quartiles "
+        f"{_pct((m.get('quartiles') or [None, None])[0])} to {_pct((m.get('quartiles') or [None, None])[1])}, "
+        f"{_pct(m.get('share_at_target'))} of pairs at >= {_pct(t['mouth_median'])}; negative = away from it). "
         f"The projection ignores movement in other directions: median cosine between the edit's and the real "
         f"smile's landmark displacement {_num(m.get('median_cosine'))}; median mean landmark shift {_num(m.get('median_edit_shift_px'), '{:.1f}')} px "
         f"for the edit vs {_num(m.get('median_smile_shift_px'), '{:.1f}')} px for the real smile.",
@@ -635,6 +667,9 @@ def _markdown(r: dict) -> str:
     if r.get("grid"):
         lines += ["", f"![input, happy, sad, angry, surprised, calm for 8 London validation portraits]({r['grid']})",
                   "", "Grid: face regions cut from the full-resolution photos (London set, CC BY 4.0, DeBruine & Jones 2017)."]
+    ed = r.get("editor") or {}
+    if ed:
+        lines += ["", "Editor measured: " + ", ".join(f"{k} `{v}`" for k, v in ed.items()) + "."]
     tm = r["timing"]
     lines += ["", f"{tm['edits']} edits, {1000 * tm['edit_s_mean']:.0f} ms per edit on average; report total {tm['total_s']:.0f} s."]
     if r["faces"]["skipped"]:

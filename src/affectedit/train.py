@@ -332,12 +332,15 @@ def train(
         requires_grad(d_img, True)
 
         with accelerator.autocast():
-            z = encoder(x)
+            code = encoder(x)
+            z = code[:, : mc.z_dim]  # the warp head's encoder also reads out the face's own label
             if warp:
+                y_src = code[:, mc.z_dim :]
+                code = torch.cat([z, y_src.detach()], dim=1)  # G learns from the read-out, not into it
                 # Reconstruction branch (own label: G should change nothing) and edited branch
                 # (a sampled target y_t), both moving x's own pixels.
                 y_t = sample_targets(B, gen)[lo:hi].to(device)
-                both = generator(torch.cat([z, z]), torch.cat([y, y_t]))
+                both = generator(torch.cat([code, code]), torch.cat([y, y_t]))
                 n = len(x)
                 fields_rec = type(both)(*(t[:n] for t in both))
                 fields_t = type(both)(*(t[n:] for t in both))
@@ -385,6 +388,7 @@ def train(
                             + lc.flow_tv * total_variation(flow) * (mc.image_size / 2)
                             + lc.flow_size * flow.float().abs().flatten(1).mean(1) * (mc.image_size / 2) / 10).sum() * world / (2 * B)
                 loss_reg = loss_reg + lc.change * (x_t.float() - warped_t.float()).abs().flatten(1).mean(1).sum() * world / B
+                loss_reg = loss_reg + lc.label * (y_src.float() - y.float()).pow(2).sum(1).sum() * world / B
                 ramp = min(1.0, (step + 1) / lc.expression_warmup) if lc.expression_warmup > 0 else 1.0
                 loss_eg = loss_eg + lc.target_identity * loss_tid + ramp * lc.expression * loss_expr + loss_reg
         opt_eg.zero_grad(set_to_none=True)
