@@ -6,7 +6,6 @@ import pytest
 from PIL import Image
 
 from affectedit import photo_report as pr
-
 from conftest import LONDON
 
 

@@ -662,7 +662,7 @@ def _markdown(r: dict) -> str:
         lines += ["", "Judge's own validation (LFW val split, crowd labels; balanced accuracy "
                   f"{_pct(jv['lfw_val']['balanced_accuracy'])}): "
                   + ", ".join(f"{k} {_pct(v['recall'])} (n={v['n']})" for k, v in pc.items())
-                  + (f"; London val: " + ", ".join(f"{k} {_pct(v['recall'])} (n={v['n']})" for k, v in jv["london_val"]["per_class"].items())
+                  + ("; London val: " + ", ".join(f"{k} {_pct(v['recall'])} (n={v['n']})" for k, v in jv["london_val"]["per_class"].items())
                      if jv.get("london_val") else "") + "."]
     if r.get("grid"):
         lines += ["", f"![input, happy, sad, angry, surprised, calm for 8 London validation portraits]({r['grid']})",
