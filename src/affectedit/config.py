@@ -183,18 +183,18 @@ def warp() -> Config:
     cfg.loss.identity = 0.0           # the reconstruction branch only has to keep x; identity is asked of the edit
     cfg.loss.target_identity = 1.0
     cfg.loss.identity_images = 8
-    cfg.loss.img = 0.1
-    cfg.loss.expression = 1.0
+    cfg.loss.img = 0.5
+    cfg.loss.expression = 0.3
     cfg.loss.expression_warmup = 100
     cfg.loss.label = 1.0
-    cfg.loss.mask = 0.3
+    cfg.loss.mask = 1.0
     cfg.loss.change = 0.3
     cfg.loss.mask_tv = 1.0
     cfg.loss.flow_tv = 3.0
     cfg.loss.flow_size = 0.5
     cfg.train.balance = 0.5
     cfg.train.lr = 1e-4
-    cfg.train.steps = 3000
+    cfg.train.steps = 2000
     return cfg
 
 

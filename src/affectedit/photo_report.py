@@ -287,9 +287,11 @@ def london_val_pairs(london_root) -> list[dict]:
     return out
 
 
-def lfw_val_neutral(lfw_root, n: int = 60) -> list[dict]:
+def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[dict]:
     """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity
-    (sorted), spread evenly over that list."""
+    (sorted), spread evenly over that list. ``calibration``: instead, up to ``n`` of the identities
+    that the report's selection (60 faces) leaves out, for choosing settings on faces disjoint from
+    the reported ones."""
     root = Path(lfw_root)
     first: dict[str, str] = {}
     with open(root / "labels.csv", newline="") as f:
@@ -297,6 +299,9 @@ def lfw_val_neutral(lfw_root, n: int = 60) -> list[dict]:
             if row["split"] == "val" and row["emotion"] == "neutral":
                 first.setdefault(row["identity"], row["image"])
     items = [first[k] for k in sorted(first)]
+    if calibration:
+        report = set(np.unique(np.linspace(0, len(items) - 1, 60).round().astype(int)).tolist()) if len(items) > 60 else set(range(len(items)))
+        items = [im for i, im in enumerate(items) if i not in report]
     if n < len(items):
         idx = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
         items = [items[i] for i in idx]
@@ -420,13 +425,15 @@ def photo_report(
     use_fer: bool = True,
     title: str | None = None,
     progress: bool = True,
+    calibration: bool = False,
 ) -> dict:
     """Edit the validation neutral faces to each of ``emotions`` with ``editor.edit`` and write the
     report (README.md, metrics.json, grid.jpg) into ``out_dir``. Returns the metrics dict.
 
     ``editor``: anything with ``edit(pil_image, valence, arousal) -> PIL image``. ``data``: the
     shared data folder (lfw-expressions/, london-portraits/). ``london_faces``: at most this many
-    London validation portraits (None: all). ``judge``: a
+    London validation portraits (None: all). ``calibration``: edit only LFW validation faces that the
+    report never uses (see :func:`lfw_val_neutral`), to choose settings. ``judge``: a
     :class:`affectedit.judge.Judge` (default: the bundled one)."""
     from affectedit.faces import detect_faces
     from affectedit.judge import Judge
@@ -439,9 +446,9 @@ def photo_report(
     fer = _fer() if use_fer else None
     labels = {e: emotion_va(e) for e in emotions}
 
-    faces = [dict(f, set="london") for f in london_val_pairs(data / "london-portraits")][:london_faces]
+    faces = [] if calibration else [dict(f, set="london") for f in london_val_pairs(data / "london-portraits")][:london_faces]
     if lfw_faces:
-        faces += [dict(f, set="lfw") for f in lfw_val_neutral(data / "lfw-expressions", lfw_faces)]
+        faces += [dict(f, set="lfw") for f in lfw_val_neutral(data / "lfw-expressions", lfw_faces, calibration)]
 
     records, skipped, pairs = [], [], []
     grid_rows_img, grid_labels = [], []
@@ -687,23 +694,26 @@ def main(argv=None) -> int:
                                  "measure them (judge agreement, identity, texture, change, mouth landmarks).")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--checkpoint", help="editor checkpoint (default: the bundled model)")
-    g.add_argument("--weights-dir", help="exported weights folder (Editor.from_pretrained(weights_dir=...))")
+    g.add_argument("--weights-dir", help="exported weights folder (Editor.from_pretrained(folder))")
     ap.add_argument("--data", default=str(DEFAULT_DATA), help="shared data folder (default: ../shared/data)")
     ap.add_argument("--lfw-faces", type=int, default=60)
     ap.add_argument("--cell", type=int, default=360, help="grid cell side in pixels (default: 360)")
     ap.add_argument("--title", default=None)
     ap.add_argument("--no-fer", action="store_true")
+    ap.add_argument("--calibration", action="store_true",
+                    help="edit LFW validation faces the report never uses (to choose settings such as the strength)")
+    ap.add_argument("--strength", type=float, default=None, help="edit strength (default: the one stored with the weights)")
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     Editor = _editor_class()
+    edit = {} if a.strength is None else {"strength": a.strength}
     if a.checkpoint:
-        editor = Editor.from_checkpoint(a.checkpoint)
-    elif a.weights_dir:
-        editor = Editor.from_pretrained(weights_dir=a.weights_dir)
+        editor = Editor.from_checkpoint(a.checkpoint, **edit)
     else:
-        editor = Editor.from_pretrained()
-    r = photo_report(editor, a.output, data=a.data, lfw_faces=a.lfw_faces, cell=a.cell, title=a.title, use_fer=not a.no_fer)
+        editor = Editor.from_pretrained(a.weights_dir, **edit)
+    r = photo_report(editor, a.output, data=a.data, lfw_faces=a.lfw_faces, cell=a.cell, title=a.title, use_fer=not a.no_fer,
+                     calibration=a.calibration)
     print((Path(a.output) / "README.md").read_text())
     print(f"wrote {a.output}/README.md, metrics.json{', ' + r['grid'] if r['grid'] else ''} in {r['timing']['total_s']:.0f} s")
     return 0
