@@ -32,6 +32,7 @@ class ModelConfig:
     # x_gen = A * C + (1 - A) * warp(x, flow) (see networks.WarpGenerator and affectedit.warp).
     head: str = "pixels"
     max_flow: float = 0.12               # warp head: bound on the flow, in units of half the crop side
+    appearance: str = "free"             # warp head: "free" = mask A and colour C; "basis" = a change along fixed expression directions
 
 
 @dataclass
@@ -179,12 +180,15 @@ def warp() -> Config:
     cfg = cpu()
     cfg.model.head = "warp"
     cfg.model.max_flow = 0.1
+    # New appearance along fixed expression directions of the training faces (a free mask and
+    # colour learned to fool the frozen classifier with blobs; see MODEL_CARD.md)
+    cfg.model.appearance = "basis"
     cfg.loss.rec = 5.0               # own label -> no change (reachable exactly: A = 0, flow = 0)
     cfg.loss.identity = 0.0           # the reconstruction branch only has to keep x; identity is asked of the edit
     cfg.loss.target_identity = 1.0
     cfg.loss.identity_images = 8
     cfg.loss.img = 0.5
-    cfg.loss.expression = 0.3
+    cfg.loss.expression = 1.0
     cfg.loss.expression_warmup = 100
     cfg.loss.label = 1.0
     cfg.loss.mask = 1.0

@@ -136,11 +136,13 @@ class Fields(NamedTuple):
     flow   N x 2 x S x S  backward displacement in grid_sample units of the crop (x, then y; the
                           edited crop at p samples the input at p + flow(p)), |flow| <= max_flow
     mask   N x 1 x S x S  A in [0, 1]: where new appearance (colour) replaces the warped input
-    colour N x 3 x S x S  C in [-1, 1]"""
+    colour N x 3 x S x S  C in [-1, 1]
+    delta  N x 3 x S x S  an additive appearance change (the "basis" appearance), or None"""
 
     flow: torch.Tensor
     mask: torch.Tensor
     colour: torch.Tensor
+    delta: torch.Tensor | None = None
 
 
 # The mask logit starts here (sigmoid(-3) = 0.05): G begins by moving pixels, not repainting them
@@ -161,6 +163,9 @@ class WarpEncoder(Encoder):
         h = self.convs(x).flatten(1)
         return torch.cat([torch.tanh(self.fc(h)), torch.tanh(self.label_fc(h))], dim=1)
 
+
+# The expressions of the "basis" appearance (model.appearance), in the basis' order.
+BASIS_EMOTIONS = ("happiness", "surprise", "sadness", "anger")
 
 # The edit fades in over this distance between the asked label and the face's own (y_src): asking
 # a face for the expression it shows changes nothing, by construction.
@@ -190,6 +195,14 @@ class WarpGenerator(Generator):
         self.max_flow = float(cfg.max_flow)
         inputs = [cfg.generator_fc_channels, *cfg.generator_channels]
         self.cond = nn.ModuleList(nn.Linear(4, c) for c in inputs)
+        self.appearance = cfg.appearance
+        if cfg.appearance == "basis":
+            # New appearance only along K fixed expression directions (the mean aligned face of each
+            # expression minus the same people's neutral face, see train.expression_basis), with
+            # per-face coefficients in [-1.5, 1.5]: shading, teeth and folds as real faces show them,
+            # never a pattern of the generator's own.
+            self.register_buffer("basis", torch.zeros(len(BASIS_EMOTIONS), 3, cfg.image_size, cfg.image_size))
+            self.alpha = nn.Linear(self.side * self.side * self.fc_channels + 4, len(BASIS_EMOTIONS))
 
     def reset_fields(self) -> None:
         """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
@@ -207,6 +220,7 @@ class WarpGenerator(Generator):
         cond = torch.cat([y, delta], dim=1)
         h = self.fc(torch.cat([z, tile_label(y, self.label_repeat)], dim=1))
         h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
+        trunk = h
         coarse, j = None, 0
         for i, layer in enumerate(self.deconvs):
             if isinstance(layer, nn.ConvTranspose2d):
@@ -220,6 +234,10 @@ class WarpGenerator(Generator):
         coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
         flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
         smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
+        if self.appearance == "basis":
+            alpha = 1.5 * torch.tanh(self.alpha(torch.cat([trunk.flatten(1), cond], dim=1)))
+            delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
+            return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
         mask = gate * torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
         colour = torch.tanh(smooth[:, 1:])
         return Fields(flow, mask, colour)
@@ -237,10 +255,11 @@ def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 
 
 def compose(x: torch.Tensor, fields: Fields) -> torch.Tensor:
-    """x_gen = A * C + (1 - A) * warp(x, flow) at the crop's resolution, as trained (unclamped;
-    ``affectedit.warp.compose`` is the general form for any edit and resolution)."""
+    """x_gen = A * C + (1 - A) * warp(x, flow) (+ delta) at the crop's resolution, as trained
+    (unclamped; ``affectedit.warp.compose`` is the general form for any edit and resolution)."""
     a = fields.mask.to(x.dtype)
-    return a * fields.colour.to(x.dtype) + (1 - a) * warp_image(x, fields.flow.to(x.dtype))
+    out = a * fields.colour.to(x.dtype) + (1 - a) * warp_image(x, fields.flow.to(x.dtype))
+    return out if fields.delta is None else out + fields.delta.to(x.dtype)
 
 
 class LatentDiscriminator(nn.Module):

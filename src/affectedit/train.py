@@ -95,6 +95,39 @@ def sample_targets(n: int, generator: torch.Generator) -> torch.Tensor:
     return torch.where(use_anchor[:, None], pick, disc).clamp(-1, 1)
 
 
+def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
+    """The appearance directions of the warp head's "basis" appearance: for each expression of
+    ``networks.BASIS_EMOTIONS``, the mean aligned face showing it minus the neutral face of the same
+    people (averaged over the identities that have both, so that who they are cancels; over all
+    faces when fewer than ``min_pairs`` identities have both), made left-right symmetric.
+    K x 3 x S x S in [-1, 1] units (a difference of images)."""
+    from affectedit.data.cache import FaceCache
+    from affectedit.networks import BASIS_EMOTIONS
+
+    sums: dict = {}
+    for path in caches:
+        cache = FaceCache(path)
+        for i, (emo, ident) in enumerate(zip(cache.emotions, cache.identities)):
+            key = (ident, emo)
+            img = torch.from_numpy(np.asarray(cache.images[i], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+            total, count = sums.get(key, (0, 0))
+            sums[key] = (total + img, count + 1)
+    means = {k: t / c for k, (t, c) in sums.items()}
+    out = []
+    for emo in BASIS_EMOTIONS:
+        pairs = [means[(ident, emo)] - means[(ident, "neutral")] for ident, e in means if e == emo and (ident, "neutral") in means]
+        if len(pairs) >= min_pairs:
+            d = torch.stack(pairs).mean(0)
+        else:
+            pos = [m for (ident, e), m in means.items() if e == emo]
+            neu = [m for (ident, e), m in means.items() if e == "neutral"]
+            if not pos or not neu:
+                raise UserError(f"the training data has no {emo} or no neutral faces, which the basis appearance needs")
+            d = torch.stack(pos).mean(0) - torch.stack(neu).mean(0)
+        out.append((d + d.flip(-1)) / 2)
+    return torch.stack(out)
+
+
 def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A random small shift, scale and rotation of each crop (+-4% / 5% / 4 degrees), so that the
     edit must read as the expression wherever the classifier looks, not as a pixel pattern it
@@ -231,6 +264,9 @@ def train(
         copied = warm_start(models, tc.init_from)
         if accelerator.is_main_process:
             print(f"warm start from {tc.init_from}: {len(copied)} E/G tensors copied")
+    if warp and mc.appearance == "basis" and not (resume and ckpt_path.exists()):
+        extra_cache = [tc.extra_data] if tc.extra_data else []
+        models["generator"].basis.copy_(expression_basis([data, *extra_cache]))
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
@@ -342,12 +378,14 @@ def train(
                 y_t = sample_targets(B, gen)[lo:hi].to(device)
                 both = generator(torch.cat([code, code]), torch.cat([y, y_t]))
                 n = len(x)
-                fields_rec = type(both)(*(t[:n] for t in both))
-                fields_t = type(both)(*(t[n:] for t in both))
+                fields_rec = type(both)(*(None if t is None else t[:n] for t in both))
+                fields_t = type(both)(*(None if t is None else t[n:] for t in both))
                 x_gen = compose(x, fields_rec)
                 warped_t = warp_image(x, fields_t.flow.to(x.dtype))
                 a_t = fields_t.mask.to(x.dtype)
                 x_t = a_t * fields_t.colour.to(x.dtype) + (1 - a_t) * warped_t  # = compose(x, fields_t)
+                if fields_t.delta is not None:
+                    x_t = x_t + fields_t.delta.to(x.dtype)
                 fake, fake_y = x_t, y_t
             else:
                 x_gen = generator(z, y)

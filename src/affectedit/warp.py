@@ -51,7 +51,9 @@ class CropEdit:
     @classmethod
     def from_fields(cls, f, strength: float = 1.0) -> CropEdit:
         """The edit of a warp head's :class:`Fields`, scaled: flow * s, mask * s (clamped to [0, 1])."""
-        return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour)
+        delta = getattr(f, "delta", None)
+        return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour,
+                   delta=None if delta is None else delta * strength)
 
     def present(self) -> dict[str, torch.Tensor]:
         """The fields that are not None, by name, in the order flow, mask, colour, delta."""

@@ -39,11 +39,11 @@ def _register_evaluate(subparsers) -> None:
                         "checkpoint paths")
     parser.add_argument("--faces", type=int, default=100,
                         help="faces to edit, spread evenly over the cache (default: 100; the paper: 4,500)")
-    parser.add_argument("--modes", default="residual,paper",
-                        help="comma-separated edit modes to compare: residual or paper, optionally +mask (blended "
-                        "into the input with the feathered face ellipse, as an edited photo is), for residual +luma "
-                        "(only the brightness of the change: the photo keeps its colours, as the editor does by "
-                        "default) and @STRENGTH (the change amplified), e.g. residual+mask+luma@2 (default: residual,paper)")
+    parser.add_argument("--modes", default=None,
+                        help="comma-separated edit modes to compare: residual, paper or warp (the warp head), optionally "
+                        "+mask (blended into the input with the feathered face ellipse, as an edited photo is), "
+                        "+colour=keep or +colour=change, and @STRENGTH, e.g. residual+mask+colour=change@2; what a mode "
+                        "does not say is the setting stored with the weights (default: the stored mode, and paper)")
     parser.add_argument("--grid", type=int, default=7,
                         help="labels per axis of the target grid over [-1, 1]^2, odd (default: 7, the paper's 49 labels)")
     parser.add_argument("--examples", type=int, default=3,
@@ -69,6 +69,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-faces must be at least 1, got {args.batch_faces}")
     if args.examples < 0:
         raise UserError(f"--examples must be 0 or more, got {args.examples}")
+    if args.modes is None:  # the mode stored with the weights (warp or residual), and the paper's
+        from affectedit.checkpoint import load_checkpoint
+        from affectedit.editor import EditConfig
+
+        stored = EditConfig.stored(load_checkpoint(args.checkpoint)).mode
+        args.modes = ",".join(dict.fromkeys([stored, "paper"]))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes:
         raise UserError("--modes is empty; pass e.g. --modes residual,paper")
