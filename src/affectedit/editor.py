@@ -253,7 +253,7 @@ class Editor:
                 args[0] = args[0].contiguous(memory_format=fmt) if args[0].ndim == 4 else args[0]
                 with runtime.autocast(self.precision, self.device):
                     o = net(*args)
-                out.append(type(o)(*(t.float().cpu().contiguous() for t in o)) if isinstance(o, tuple)
+                out.append(type(o)(*(None if t is None else t.float().cpu().contiguous() for t in o)) if isinstance(o, tuple)
                            else o.float().cpu().contiguous())
         return out
 
@@ -279,7 +279,7 @@ class Editor:
         if not out:
             return torch.zeros(0, 3, self.image_size, self.image_size)
         if isinstance(out[0], tuple):
-            return type(out[0])(*(torch.cat(parts) for parts in zip(*out)))
+            return type(out[0])(*(None if parts[0] is None else torch.cat(parts) for parts in zip(*out)))
         return torch.cat(out).clamp_(-1, 1)
 
     @staticmethod

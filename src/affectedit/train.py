@@ -99,8 +99,8 @@ def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
     """The appearance directions of the warp head's "basis" appearance: for each expression of
     ``networks.BASIS_EMOTIONS``, the mean aligned face showing it minus the neutral face of the same
     people (averaged over the identities that have both, so that who they are cancels; over all
-    faces when fewer than ``min_pairs`` identities have both), made left-right symmetric.
-    K x 3 x S x S in [-1, 1] units (a difference of images)."""
+    faces when fewer than ``min_pairs`` identities have both), made left-right symmetric, reduced to
+    its brightness (BT.601 luma, equal in R, G, B) and centred on 0. K x 3 x S x S in [-1, 1] units."""
     from affectedit.data.cache import FaceCache
     from affectedit.networks import BASIS_EMOTIONS
 
@@ -124,7 +124,11 @@ def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
             if not pos or not neu:
                 raise UserError(f"the training data has no {emo} or no neutral faces, which the basis appearance needs")
             d = torch.stack(pos).mean(0) - torch.stack(neu).mean(0)
-        out.append((d + d.flip(-1)) / 2)
+        d = (d + d.flip(-1)) / 2
+        # brightness only, without its mean: the photos of one expression are on average darker or
+        # warmer than others (a bias of the data set, not of the face); the local structure stays
+        d = (d * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
+        out.append((d - d.mean()).expand(3, -1, -1))
     return torch.stack(out)
 
 
