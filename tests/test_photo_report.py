@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from affectedit import photo_metrics as pm
 from affectedit import photo_report as pr
 from conftest import LONDON
 
@@ -16,7 +17,7 @@ def _open(rel):
 @pytest.fixture(scope="module")
 def pair(shared_data):
     neutral, smiling = _open("neutral_front/001_03.jpg"), _open("smiling_front/001_08.jpg")
-    return neutral, smiling, pr._largest_face(neutral)
+    return neutral, smiling, pm._largest_face(neutral)
 
 
 def test_london_split_and_lfw_selection(shared_data):
@@ -30,35 +31,35 @@ def test_london_split_and_lfw_selection(shared_data):
 
 def test_texture_and_change(pair):
     neutral, _, face = pair
-    assert pr.texture_ratio(neutral, neutral, face) == pytest.approx(1.0)
-    assert pr.mean_abs_change(neutral, neutral, face) == 0.0
+    assert pm.texture_ratio(neutral, neutral, face) == pytest.approx(1.0)
+    assert pm.mean_abs_change(neutral, neutral, face) == 0.0
     # a blurred face loses texture, noise adds it; a uniform +3 shift changes 3 grey levels
     from PIL import ImageFilter
 
-    assert pr.texture_ratio(neutral.filter(ImageFilter.GaussianBlur(2)), neutral, face) < 0.6
+    assert pm.texture_ratio(neutral.filter(ImageFilter.GaussianBlur(2)), neutral, face) < 0.6
     noisy = np.clip(np.asarray(neutral, np.float32) + np.random.default_rng(0).normal(0, 8, (675, 675, 1)), 0, 255)
-    assert pr.texture_ratio(Image.fromarray(noisy.astype(np.uint8)), neutral, face) > 1.5
+    assert pm.texture_ratio(Image.fromarray(noisy.astype(np.uint8)), neutral, face) > 1.5
     brighter = Image.fromarray((np.asarray(neutral, np.int16) + 3).clip(0, 255).astype(np.uint8))
-    assert pr.mean_abs_change(brighter, neutral, face) == pytest.approx(3.0, abs=0.1)
-    x0, y0, x1, y1 = pr.face_box(face, (675, 675))
+    assert pm.mean_abs_change(brighter, neutral, face) == pytest.approx(3.0, abs=0.1)
+    x0, y0, x1, y1 = pm.face_box(face, (675, 675))
     assert 0 <= x0 < x1 <= 675 and 0 <= y0 < y1 <= 675 and (x1 - x0) > 150
 
 
 def test_mouth_fraction_of_real_pair(pair):
     neutral, smiling, face = pair
-    lm = pr.landmarks68(neutral, face)
+    lm = pm.landmarks68(neutral, face)
     assert lm.shape == (68, 2)
-    ref = pr._eye_centres(lm)
-    n = lm[pr.MOUTH]
-    s = pr.mouth_landmarks(smiling, None, ref)
+    ref = pm._eye_centres(lm)
+    n = lm[pm.MOUTH]
+    s = pm.mouth_landmarks(smiling, None, ref)
     # the real smile widens the mouth: the corners (48, 54) move apart
     assert np.linalg.norm(s[6] - s[0]) > np.linalg.norm(n[6] - n[0]) + 5
-    assert pr.mouth_fraction(n, s, s) == pytest.approx(1.0)
-    assert pr.mouth_fraction(n, s, n) == pytest.approx(0.0)
-    r = pr.pair_mouth_fraction(neutral, smiling, neutral, face)  # "edited" = the neutral photo itself
+    assert pm.mouth_fraction(n, s, s) == pytest.approx(1.0)
+    assert pm.mouth_fraction(n, s, n) == pytest.approx(0.0)
+    r = pm.pair_mouth_fraction(neutral, smiling, neutral, face)  # "edited" = the neutral photo itself
     assert r["fraction"] == pytest.approx(0.0, abs=1e-9) and r["smile_shift_px"] > 3
     # half-way between the two mouths is half-way
-    assert pr.mouth_fraction(n, s, (n + s) / 2) == pytest.approx(0.5)
+    assert pm.mouth_fraction(n, s, (n + s) / 2) == pytest.approx(0.5)
 
 
 def test_judge_on_real_london_validation_pair(pair):
@@ -72,7 +73,7 @@ def test_judge_on_real_london_validation_pair(pair):
     # aligned crops give the same answer as photos
     from affectedit.faces import align_face
 
-    crops = np.stack([np.asarray(align_face(im, pr._largest_face(im), 64)) for im in (neutral, smiling)])
+    crops = np.stack([np.asarray(align_face(im, pm._largest_face(im), 64)) for im in (neutral, smiling)])
     assert np.allclose(judge.predict(crops), p, atol=1e-5)
     assert judge.metadata["scores"]["lfw_val"]["balanced_accuracy"] > 0.5
 
