@@ -11,7 +11,7 @@ The version is written here only (pyproject.toml reads it).
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "Editor": ("affectedit.editor", "Editor"),
