@@ -113,3 +113,12 @@ def test_report_end_to_end_with_identity_editor(shared_data, tmp_path):
     assert "| happy" in md and "judge agrees" in md and "grid.jpg" in md
     grid = Image.open(tmp_path / "grid.jpg")
     assert grid.width > 6 * 96 and grid.height > 2 * 96
+
+
+def test_calibration_faces_are_disjoint_from_the_reports():
+    """Settings are chosen on LFW validation identities that the report never edits (and on no London face)."""
+    lfw = pr.DEFAULT_DATA / "lfw-expressions"
+    report = {f["id"].rsplit("_", 1)[0] for f in pr.lfw_val_neutral(lfw, 60)}
+    for n in (10, 40, 200):
+        calib = {f["id"].rsplit("_", 1)[0] for f in pr.lfw_val_neutral(lfw, n, calibration=True)}
+        assert calib and not (calib & report)
