@@ -61,6 +61,7 @@ from torch import Tensor
 
 from affectedit.data.labels import CIRCUMPLEX, FER_CLASSES, FER_TO_CATEGORY
 from affectedit.errors import UserError
+from affectedit.images import LUMA
 
 __all__ = [
     "FER_CLASSES",
@@ -77,8 +78,8 @@ __all__ = [
 FER_SIZE = 64
 #: (valence, arousal) anchor of each class, in :data:`FER_CLASSES` order (as ``labels.expected_va``).
 FER_ANCHORS: tuple[tuple[float, float], ...] = tuple(CIRCUMPLEX[FER_TO_CATEGORY[c]] for c in FER_CLASSES)
-#: PIL's RGB -> 'L' weights (ITU-R 601-2 luma).
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+#: PIL's RGB -> 'L' weights (ITU-R 601-2 luma), as everywhere in the project.
+LUMA_WEIGHTS = LUMA
 
 _HDF5_NAME = "emotion_model.hdf5"
 _BLOCK_FILTERS = (16, 32, 64, 128)

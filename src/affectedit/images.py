@@ -18,6 +18,9 @@ from PIL import Image, ImageOps
 from affectedit.errors import UserError
 from affectedit.io import atomic_path
 
+#: ITU-R BT.601 luma weights of R, G, B (PIL's RGB -> 'L' conversion): brightness wherever we need it.
+LUMA = (0.299, 0.587, 0.114)
+
 __all__ = ["denormalize", "load_image", "normalize", "open_image", "restore_mode", "save_like", "upright"]
 
 

@@ -76,6 +76,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from affectedit.errors import UserError
+from affectedit.images import LUMA
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ INPUT_SIZE = 48
 CENTER = INPUT_SIZE / CHIP_SIZE
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "judge.safetensors"
 SAMPLE_POWER = 0.5
-_LUMA = (0.299, 0.587, 0.114)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -136,7 +136,7 @@ def _grey(chips: np.ndarray) -> torch.Tensor:
     a = np.asarray(chips)
     t = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
     if t.ndim == 4:
-        t = t @ torch.tensor(_LUMA)
+        t = t @ torch.tensor(LUMA)
     return t[:, None]
 
 

@@ -146,6 +146,13 @@ def london_val_pairs(london_root) -> list[dict]:
     return out
 
 
+def _spread(count: int, n: int) -> list[int]:
+    """Indices of up to ``n`` of ``count`` sorted items, spread evenly (all of them when n >= count)."""
+    if n >= count:
+        return list(range(count))
+    return np.unique(np.linspace(0, count - 1, n).round().astype(int)).tolist()
+
+
 def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[dict]:
     """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity
     (sorted), spread evenly over that list. ``calibration``: instead, up to ``n`` of the identities
@@ -159,11 +166,9 @@ def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[di
                 first.setdefault(row["identity"], row["image"])
     items = [first[k] for k in sorted(first)]
     if calibration:
-        report = set(np.unique(np.linspace(0, len(items) - 1, 60).round().astype(int)).tolist()) if len(items) > 60 else set(range(len(items)))
+        report = set(_spread(len(items), 60))
         items = [im for i, im in enumerate(items) if i not in report]
-    if n < len(items):
-        idx = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
-        items = [items[i] for i in idx]
+    items = [items[i] for i in _spread(len(items), n)]
     return [{"id": Path(im).stem, "neutral": root / "images" / im, "smiling": None} for im in items]
 
 

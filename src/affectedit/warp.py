@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from affectedit.faces import blend_region, ellipse_alpha
+from affectedit.images import LUMA
 from affectedit.networks import Fields, warp_image
 
 __all__ = ["CropEdit", "Fields", "apply_to_photo", "compose", "luma_change", "warp_image"]
@@ -71,13 +72,10 @@ class CropEdit:
         return replace(self, **{k: t.to(device=device, dtype=dtype) for k, t in self.present().items()})
 
 
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights
-
-
 def luma_change(delta: torch.Tensor) -> torch.Tensor:
     """An RGB change (... x 3 x H x W) reduced to its brightness part (BT.601 luma of the change,
     the same in the 3 channels): shading and shape survive, colour casts do not."""
-    w = torch.tensor(_LUMA, device=delta.device, dtype=delta.dtype).view(3, 1, 1)
+    w = torch.tensor(LUMA, device=delta.device, dtype=delta.dtype).view(3, 1, 1)
     return (delta * w).sum(-3, keepdim=True).expand_as(delta)
 
 
