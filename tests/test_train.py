@@ -225,3 +225,65 @@ def test_expression_basis_from_real_faces(tmp_path):
     # the happiness direction: the mouth region (lower middle) gets brighter than the whole face does
     mouth = b[0, :, 21:25, 12:20].mean()
     assert mouth > b[0].mean() + 0.02
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+def test_fp16_overflow_in_one_optimizer_leaves_the_others_right(tiny_cache, tmp_path, monkeypatch):
+    """fp16 loss scaling with three optimisers: when D_z's gradient overflows, D_z's step is skipped
+    and the scale halves, but only after every optimiser of the step has used the scale its
+    gradients were made with. D_img's update must equal the unscaled fp32 one.
+
+    fp16 autocast needs a GPU, so the run is fp32 with a loss scaler (torch's GradScaler on CPU)
+    put where Accelerate puts its own: the scaling, unscaling and skipping are the same code. An
+    overflow is injected into D_z's gradient at the first step. Before the fix, Accelerate updated
+    the scale after D_z's step, D_img's gradient was unscaled by half the scale it was made with and
+    came out twice too large (here: its Adam moment exp_avg doubled)."""
+    import accelerate
+
+    import affectedit.train as train_module
+
+    scalers = []
+
+    class ScaledAccelerator(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+            scalers.append(self.scaler)
+
+    real_build = train_module.build_models
+
+    def build_with_overflow(mc):
+        models = real_build(mc)
+        calls = []
+
+        def overflow_once(grad):  # the first backward through D_z (the discriminator update of step 0)
+            calls.append(1)
+            return grad * float("inf") if len(calls) == 1 else grad
+
+        next(models["d_z"].parameters()).register_hook(overflow_once)
+        return models
+
+    cfg = _cfg("train.mixed_precision=no", "train.steps=1")
+    train(cfg, tiny_cache, tmp_path / "fp32", progress=False)
+    monkeypatch.setattr(accelerate, "Accelerator", ScaledAccelerator)
+    monkeypatch.setattr(train_module, "build_models", build_with_overflow)
+    train(cfg, tiny_cache, tmp_path / "scaled", progress=False)
+
+    ref, got = load_checkpoint(tmp_path / "fp32" / "checkpoint.pt"), load_checkpoint(tmp_path / "scaled" / "checkpoint.pt")
+    assert scalers and scalers[0].get_scale() == 2.0**11  # one overflow -> halved once
+    # D_z's step was skipped: its weights are the initial ones, which the reference run moved
+    torch.manual_seed(cfg.train.seed)
+    init = real_build(cfg.model)["d_z"].state_dict()
+    assert all(torch.equal(got["models"]["d_z"][k], init[k]) for k in init if "running" not in k and "num_batches" not in k)
+    # D_img's update is the fp32 one: same Adam moments, same weights
+    ref_state, got_state = ref["optimizers"]["d_img"]["state"], got["optimizers"]["d_img"]["state"]
+    assert ref_state.keys() == got_state.keys() and ref_state
+    for k in ref_state:
+        for moment in ("exp_avg", "exp_avg_sq"):
+            a, b = ref_state[k][moment], got_state[k][moment]
+            assert torch.allclose(b, a, rtol=1e-5, atol=1e-12), f"D_img {moment} of param {k}: ratio {(b.abs().sum() / a.abs().sum()).item():.3f}"
+    for k, v in ref["models"]["d_img"].items():
+        if v.is_floating_point():
+            assert torch.allclose(got["models"]["d_img"][k], v, rtol=1e-5, atol=1e-7), k

@@ -3,7 +3,8 @@
 One function, `train`, reads top to bottom: each step updates D_z and D_img on the current
 encoder/generator outputs, then E and G on the paper's total loss (eq. 5). It runs on Hugging
 Face Accelerate, so `accelerate launch --multi_gpu ...` (or several nodes) gives data-parallel
-training and `train.mixed_precision=bf16|fp16` mixed precision without plumbing of our own.
+training and `train.mixed_precision=bf16|fp16` mixed precision (fp16's loss scale is updated once per
+step, after all three optimisers: see `step_optimizers`).
 
 Exactness across process counts: every rank reads the same GLOBAL batch and keeps its slice;
 every random draw (prior samples) is made for the global batch from a generator seeded by
@@ -177,6 +178,23 @@ def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
                 copied.append(f"{name}.{k}[colour]")
         models[name].load_state_dict(own)
     return copied
+
+
+def step_optimizers(accelerator, *optimizers) -> None:
+    """Step Accelerate-prepared optimisers; with an fp16 loss scaler, without updating the scale.
+
+    Accelerate's ``AcceleratedOptimizer.step`` updates the shared scaler after each optimiser: when
+    D_z's gradient overflowed, the scale was halved before D_img's step, whose gradient (made with
+    the old scale) then came out twice too large. Here each optimiser is unscaled with the scale its
+    gradients were made with (an optimiser whose gradients hold inf/NaN skips its step) and the
+    caller updates the scale once, after the last optimiser of the training step. Without a scaler
+    (fp32, bf16) this is ``opt.step()``."""
+    scaler = accelerator.scaler
+    for opt in optimizers:
+        if scaler is None:
+            opt.step()
+        else:
+            scaler.step(opt.optimizer)
 
 
 def _sample_grid(encoder, generator, x, y, device) -> torch.Tensor:
@@ -398,8 +416,7 @@ def train(
         opt_dz.zero_grad(set_to_none=True)
         opt_dimg.zero_grad(set_to_none=True)
         accelerator.backward(loss_dz + loss_dimg)
-        opt_dz.step()
-        opt_dimg.step()
+        step_optimizers(accelerator, opt_dz, opt_dimg)
 
         # Update E and G on L_total (eq. 5) against the updated, frozen discriminators.
         requires_grad(d_z, False)
@@ -440,7 +457,9 @@ def train(
                 f"a loss became NaN or infinite at step {step}; the last good checkpoint (step {last_saved}) is kept in {out_dir}. "
                 "Resume with a lower train.lr or train.mixed_precision=no"
             )
-        opt_eg.step()
+        step_optimizers(accelerator, opt_eg)
+        if accelerator.scaler is not None:  # fp16: one scale update per training step, after all three steps
+            accelerator.scaler.update()
         done = step + 1
 
         # Logging, samples, checkpoints.
