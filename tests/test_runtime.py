@@ -59,3 +59,38 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             runtime.pick_device("cuda")
+
+
+def test_deferred_interrupt_finishes_the_body_then_raises():
+    import os
+    import signal
+
+    import pytest
+
+    from affectedit.runtime import deferred_interrupt
+
+    done = []
+    with pytest.raises(KeyboardInterrupt), deferred_interrupt():
+        os.kill(os.getpid(), signal.SIGINT)  # arrives inside the body ...
+        done.append("rest of the body")  # ... which still runs to its end
+    assert done == ["rest of the body"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with deferred_interrupt():  # no signal: nothing raised
+        done.append("again")
+    assert done[-1] == "again"
+
+
+def test_cli_reports_an_interrupt_that_a_library_turned_into_another_error(monkeypatch, capsys):
+    import affectedit.cli as cli
+
+    def run(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None  # context kept
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser.set_defaults(func=run)
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err.strip() == "affectedit: interrupted"

@@ -19,9 +19,36 @@ import torch
 
 from affectedit.errors import UserError
 
-__all__ = ["PRECISIONS", "ThreadPolicy", "autocast", "cpu_count", "cpu_has_bf16", "pick_device", "pick_precision"]
+__all__ = ["PRECISIONS", "ThreadPolicy", "autocast", "cpu_count", "cpu_has_bf16", "deferred_interrupt", "pick_device", "pick_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C (SIGINT) back while the body runs, then raise KeyboardInterrupt after it.
+
+    For writes that must not be cut in half: an interrupt inside ``torch.save`` makes its zip writer
+    fail on clean-up with a RuntimeError that hides the KeyboardInterrupt (the run then ended with
+    "error" and status 1 instead of "interrupted" and 130). The file is still safe (written to a
+    temporary name first), but the user asked to stop, not to see an error. Only the main thread can
+    handle signals; elsewhere this does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # the handler that was there (Python's: KeyboardInterrupt)
+        raise KeyboardInterrupt
 
 
 def _mps_available() -> bool:

@@ -251,7 +251,7 @@ def train(
     # Accelerate keeps one global state per process; forget the previous run's precision so that
     # several runs can happen in one process (tests, benchmarks). The process group is kept.
     AcceleratorState._reset_state()
-    from affectedit.runtime import ThreadPolicy, pick_device, pick_precision
+    from affectedit.runtime import ThreadPolicy, deferred_interrupt, pick_device, pick_precision
 
     precision = tc.mixed_precision
     if precision == "auto":  # the same choice as inference: bf16 only where it is native and faster
@@ -370,7 +370,8 @@ def train(
                     raise TrainingDiverged(
                         f"the {k} weights became NaN or infinite by step {step}; the last good checkpoint (step {last_saved}) "
                         f"is kept in {out_dir}. Resume with a lower train.lr or train.mixed_precision=no")
-            save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
+            with deferred_interrupt():  # Ctrl-C while saving: finish the file, then stop
+                save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
         last_saved = step
 
     for step in range(start, end):

@@ -48,10 +48,25 @@ def main(argv: list[str] | None = None) -> int:
         print("affectedit: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        if _interrupted(e):  # Ctrl-C that a library turned into another error on its way out
+            print("affectedit: interrupted", file=sys.stderr)
+            return 130
         if debug:
             raise
         print(f"affectedit: error: {type(e).__name__}: {e} (rerun with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _interrupted(error: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is among the causes of ``error`` (``raise ... from`` or an error
+    raised while handling it, e.g. a C++ writer failing in its clean-up after Ctrl-C)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 if __name__ == "__main__":
