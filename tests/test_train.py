@@ -287,3 +287,27 @@ def test_fp16_overflow_in_one_optimizer_leaves_the_others_right(tiny_cache, tmp_
     for k, v in ref["models"]["d_img"].items():
         if v.is_floating_point():
             assert torch.allclose(got["models"]["d_img"][k], v, rtol=1e-5, atol=1e-7), k
+
+
+def test_identity_loss_authors_normalisation():
+    """'authors': each layer's mean divided by its H*W once more (their conv1_2 / 224^2 ... conv5_2 / 14^2);
+    a feature vector (dlib's descriptor) is left as it is."""
+    a = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 5, 2, 2), torch.zeros(2, 5)]
+    b = [torch.ones(2, 3, 4, 4), torch.full((2, 5, 2, 2), 2.0), torch.full((2, 5), 3.0)]
+    assert torch.allclose(identity_loss(a, b), torch.tensor([6.0, 6.0]))
+    assert torch.allclose(identity_loss(a, b, "authors"), torch.full((2,), 1 / 16 + 2 / 4 + 3.0))
+    with pytest.raises(ValueError):
+        identity_loss(a, b, "sum")
+
+
+def test_class_balanced_sampling_and_authors_identity_norm_train(tiny_cache, tmp_path):
+    """The paper preset's data order (train.sampling=classes) and the authors' identity normalisation
+    run in training (dlib substitutes VGG-Face, whose weights cannot be shipped)."""
+    cfg = get_config("tiny", ["train.sampling=classes", "train.hflip=false", "loss.identity_norm=authors", "train.steps=1",
+                              "loss.identity_images=2"])
+    logs = train(cfg, tiny_cache, tmp_path / "run", progress=False)
+    assert 0 < logs["identity"] and all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    with pytest.raises(UserError, match="balance"):
+        bad = get_config("tiny")
+        bad.train.sampling, bad.train.balance = "classes", 0.5
+        train(bad, tiny_cache, tmp_path / "bad", progress=False)

@@ -1,9 +1,27 @@
 """Configuration: plain nested dataclasses with the paper's values as defaults.
 
-`PRESETS` holds named configurations: ``paper`` (96x96, CAAE widths, Lindt et al.),
-``cpu`` (the configuration our bundled model was trained with on a 2-core CPU) and
-``tiny`` (32x32, narrow, for tests). Overrides are strict: ``apply_overrides(cfg,
-["train.lr=1e-4"])`` raises on an unknown key, so a typo never silently adds one.
+`PRESETS` holds named configurations:
+
+* ``paper``: ``Config()``, Lindt et al. 2019 (../shared/SPEC.md): 96x96, the CAAE widths, the
+  paper's losses and weights, VGG-Face identity loss (conv1_2 ... conv5_2, each layer's mean
+  absolute difference), batch 49 with L_iden on 16 images, Adam 2e-4 / 0.5 / 0.999, no flips.
+  Where the paper is silent the authors' public code decides: no horizontal flips, classes
+  oversampled to equal counts (``train.sampling="classes"``, their ``fill_up_equally``). Where the
+  code differs from the paper's text, the text is the default and the code an option:
+  ``model.d_img_label_every_block=false`` (label into D_img's first block only),
+  ``loss.identity_norm=authors`` (each layer's mean divided by its H*W once more).
+  VGG-Face's weights cannot be shipped: training asks for the file (``loss.identity_weights``),
+  and ``--set loss.identity_backbone=dlib`` substitutes dlib's face-recognition ResNet.
+* ``cpu``: the bundled model's trunk. Exactly what it changes from ``paper``: 64x64 images;
+  widths E 32-64-128-256, G FC 256 then 128-64-32-32-16; identity loss from dlib's ResNet
+  (bundled) instead of VGG-Face; random horizontal flips; plain shuffling instead of the
+  authors' class oversampling; 6000 steps, checkpoints every 100, samples every 250. Losses,
+  their weights, batch size, optimiser and D_img/D_z stay the paper's.
+* ``warp``: the bundled model since 0.2, ``cpu`` plus the warp head and its losses (beyond the paper).
+* ``tiny``: 32x32, narrow, for tests (dlib identity, flips, plain shuffling, like ``cpu``).
+
+Overrides are strict: ``apply_overrides(cfg, ["train.lr=1e-4"])`` raises on an unknown key, so
+a typo never silently adds one.
 """
 from __future__ import annotations
 
@@ -41,8 +59,11 @@ class LossConfig:
     identity: float = 1.0 / 3 # lambda for L_iden, eq. (2)
     z: float = 0.01           # lambda for L_z, eq. (3)
     img: float = 0.01         # lambda for L_img, eq. (4)
-    identity_backbone: str = "dlib"   # "dlib" (bundled weights) or "vggface" (user-supplied file)
-    identity_weights: str = ""        # path for vggface
+    identity_backbone: str = "vggface"  # the paper's VGG-Face (user-supplied file), or "dlib" (bundled weights)
+    identity_weights: str = ""        # vggface: path of the converted state_dict (vgg_face_dag.pth); dlib: "" = bundled
+    # "mean": each layer's mean |phi_l(x) - phi_l(x_gen)|, summed over layers (the paper's eq. 2 with
+    # L1 as a mean); "authors": each mean divided by the layer's H*W once more (their public code)
+    identity_norm: str = "mean"
     identity_images: int = 16         # the identity loss uses this many images of each batch
     # Warp head only (model.head="warp"); 0 switches a term off. The edited branch asks G for a
     # sampled target label y_t and is trained with the frozen FER-2013 expression model.
@@ -56,6 +77,10 @@ class LossConfig:
     flow_size: float = 0.0    # mean |flow| (no motion that the loss does not ask for)
     target_identity: float = 0.0  # identity loss between x and its edit x(y_t)
     label: float = 0.0        # warp head: squared error of E's read-out of the face's own label
+    # Edited branch's targets: the share drawn near an expression anchor (the rest uniform on the
+    # disc), and how much more often the negative anchors (anger, sadness, fear, disgust) are drawn
+    target_anchors: float = 0.5
+    rare_targets: float = 1.0
 
 
 @dataclass
@@ -75,8 +100,11 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_every: int = 500
     log_every: int = 10
-    hflip: bool = True
-    balance: float = 0.0              # label-balanced sampling: 0 = plain shuffle (paper), 0.5 = rare expressions more often
+    hflip: bool = False               # random horizontal flips (neither the paper nor the authors' code flips)
+    # "classes": every expression class oversampled (with replacement) to the largest class's count,
+    # then shuffled each epoch (the authors' fill_up_equally; the paper is silent); "shuffle": plain shuffling
+    sampling: str = "classes"
+    balance: float = 0.0              # our V/A-grid balancing (not in the paper or the authors' code): 0 = off, 0.5 = rare labels more often; needs sampling=shuffle
     init_from: str = ""               # warm start: E and G weights (all that fit) from a checkpoint or exported weights
     extra_data: str = ""              # a second face cache mixed into every batch (e.g. london-portraits train)
     extra_fraction: float = 0.0       # share of each batch drawn from extra_data
@@ -84,6 +112,16 @@ class TrainConfig:
 
 # Keys that configs stored by earlier versions may hold and that no longer mean anything.
 RETIRED = {("train", "num_workers")}
+# Keys that configs stored by earlier versions lack, with the value those versions used (the
+# defaults changed when the paper preset became the paper: issue 14).
+LEGACY = {
+    ("loss", "identity_backbone"): "dlib",
+    ("loss", "identity_norm"): "mean",
+    ("train", "hflip"): True,
+    ("train", "sampling"): "shuffle",
+}
+IDENTITY_NORMS = ("mean", "authors")
+SAMPLINGS = ("shuffle", "classes")
 
 
 @dataclass
@@ -98,6 +136,9 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         cfg = cls()
+        for (section, key), value in LEGACY.items():
+            if key not in d.get(section, {key: None}):
+                setattr(getattr(cfg, section), key, value)
         for section, values in d.items():
             sub = getattr(cfg, section, None)
             if sub is None or not dataclasses.is_dataclass(sub):
@@ -107,6 +148,19 @@ class Config:
                     continue
                 _set_field(sub, section, key, value)
         return cfg
+
+    def validate(self) -> "Config":
+        """Raise ValueError on a value no code path accepts; returns self."""
+        if self.loss.identity_norm not in IDENTITY_NORMS:
+            raise ValueError(f"loss.identity_norm must be one of {', '.join(IDENTITY_NORMS)}, got {self.loss.identity_norm!r}")
+        if not 0.0 <= self.loss.target_anchors <= 1.0 or not self.loss.rare_targets > 0:
+            raise ValueError("loss.target_anchors must lie in [0, 1] and loss.rare_targets be > 0")
+        if self.train.sampling not in SAMPLINGS:
+            raise ValueError(f"train.sampling must be one of {', '.join(SAMPLINGS)}, got {self.train.sampling!r}")
+        if self.train.sampling == "classes" and self.train.balance > 0:
+            raise ValueError("train.balance > 0 (V/A-grid balancing) needs train.sampling=shuffle; "
+                             "train.sampling=classes already balances the expression classes")
+        return self
 
 
 def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
@@ -130,8 +184,18 @@ def _set_field(obj: Any, section: str, key: str, value: Any) -> None:
 
 
 def paper() -> Config:
-    """The paper's configuration (96x96, CAAE widths)."""
+    """The paper's configuration (see the module docstring and ../shared/SPEC.md)."""
     return Config()
+
+
+def _as_before_issue_14(cfg: Config) -> Config:
+    """The choices the cpu, warp and tiny presets were trained and tested with: dlib identity loss
+    (bundled), random horizontal flips, plain shuffling, the per-layer mean."""
+    cfg.loss.identity_backbone = "dlib"
+    cfg.loss.identity_norm = "mean"
+    cfg.train.hflip = True
+    cfg.train.sampling = "shuffle"
+    return cfg
 
 
 def cpu() -> Config:
@@ -140,7 +204,7 @@ def cpu() -> Config:
     96x96 did not fit the time we had (a step took ~3x longer than the 2-3 hours allowed for
     enough steps); edits are pasted back as a difference (see editor.py), so the lower
     resolution costs less than it would for a plain reconstruction."""
-    cfg = Config()
+    cfg = _as_before_issue_14(Config())
     cfg.model.image_size = 64
     # About a fifteenth of the paper's E+G FLOPs: the generator's full-resolution stride-1 layer
     # dominates its cost, so it gets 16 channels. fp32: bf16 autocast measured slower here for
@@ -156,7 +220,7 @@ def cpu() -> Config:
 
 def tiny() -> Config:
     """A 32x32 narrow configuration for tests: a training step takes well under a second."""
-    cfg = Config()
+    cfg = _as_before_issue_14(Config())
     cfg.model.image_size = 32
     cfg.model.z_dim = 50
     cfg.model.encoder_channels = (8, 16, 16, 32)
@@ -209,7 +273,7 @@ def get_config(name: str = "paper", overrides: list[str] | None = None) -> Confi
     """Build a preset and apply ``section.key=value`` overrides (unknown keys are errors)."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return apply_overrides(PRESETS[name](), overrides or [])
+    return apply_overrides(PRESETS[name](), overrides or []).validate()
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -65,6 +65,7 @@ __all__ = [
     "build_identity_net",
     "dlib_model_path",
     "VGG_FACE_MEAN_RGB",
+    "VGG_MISSING",
 ]
 
 DLIB_RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
@@ -299,6 +300,15 @@ _VGG_HELP = (
 )
 
 
+# One line: what is missing, which file to obtain, and the substitute.
+VGG_MISSING = (
+    "VGG-Face weights needed for the paper's identity loss ({where}): obtain vgg_face_dag.pth (VGG-Face "
+    "converted to PyTorch by S. Albanie, robots.ox.ac.uk/~albanie/pytorch-models.html; non-commercial "
+    "licence) and pass --set loss.identity_weights=PATH/vgg_face_dag.pth, or substitute dlib's bundled "
+    "network with --set loss.identity_backbone=dlib"
+)
+
+
 def _normalise_vgg_key(key: str) -> str | None:
     key = key.removeprefix("module.")
     parts = key.split(".")
@@ -350,7 +360,7 @@ class VGGFace(IdentityNet):
         """Load VGG-Face conv weights from a PyTorch state_dict file (see ``_VGG_HELP``)."""
         path = pathlib.Path(path) if str(path) else None
         if path is None or not path.is_file():
-            raise UserError(f"VGG-Face weights file {str(path or '') or '(none given)'!r} not found. {_VGG_HELP}")
+            raise UserError(VGG_MISSING.format(where=f"{path} does not exist" if path else "no loss.identity_weights given"))
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:

@@ -3,7 +3,7 @@
 | code name            | paper symbol | equation | what it is                                             |
 |----------------------|--------------|----------|--------------------------------------------------------|
 | reconstruction_loss  | L_rec        | (1)      | L1(x, G(E(x), y))                                      |
-| identity_loss        | L_iden       | (2)      | sum_l L1(phi_l(x), phi_l(G(E(x), y)))                  |
+| identity_loss        | L_iden       | (2)      | sum_l L1(phi_l(x), phi_l(G(E(x), y))) (norm: paper or authors) |
 | d_z_loss / e_z_loss  | L_z          | (3)      | GAN loss between D_z and E, prior U[-1, 1]^z           |
 | d_img_loss / g_img_loss | L_img     | (4)      | GAN loss between D_img and G on (image, label) pairs   |
 | total (in train.py)  | L_total      | (5)      | rec + 1/3 iden + 0.01 z + 0.01 img (LossConfig)        |
@@ -33,12 +33,22 @@ def reconstruction_loss(x: torch.Tensor, x_gen: torch.Tensor) -> torch.Tensor:
     return _per_sample_mean((_f32(x) - _f32(x_gen)).abs())
 
 
-def identity_loss(features_real: list[torch.Tensor], features_gen: list[torch.Tensor]) -> torch.Tensor:
-    """L_iden per sample: sum over layers of the mean |phi_l(x) - phi_l(x_gen)| (each layer's mean
-    normalises by its size, as the authors' code divides by the spatial size)."""
+def identity_loss(features_real: list[torch.Tensor], features_gen: list[torch.Tensor], norm: str = "mean") -> torch.Tensor:
+    """L_iden per sample: sum over layers of the mean |phi_l(x) - phi_l(x_gen)|.
+
+    norm "mean" (the paper's eq. 2, L1 taken as a mean like L_rec): each layer's mean over its
+    C x H x W values. "authors": that mean divided once more by the layer's H x W, as the authors'
+    public code does (conv1_2's term / 224^2 ... conv5_2's / 14^2 for VGG-Face), which weights the
+    deep, small layers far more than the shallow ones; a feature vector (N x D, dlib's descriptor)
+    has H x W = 1. features_*: one N x C x H x W (or N x D) tensor per layer."""
+    if norm not in ("mean", "authors"):
+        raise ValueError(f"identity_loss norm must be 'mean' or 'authors', got {norm!r}")
     total = 0
     for a, b in zip(features_real, features_gen, strict=True):
-        total = total + _per_sample_mean((_f32(a) - _f32(b)).abs())
+        term = _per_sample_mean((_f32(a) - _f32(b)).abs())
+        if norm == "authors" and a.dim() == 4:
+            term = term / (a.shape[-2] * a.shape[-1])
+        total = total + term
     return total
 
 

@@ -242,12 +242,17 @@ def train(
     from tqdm.auto import tqdm
 
     from affectedit.data.cache import FaceCache, batches
+    from affectedit.data.sampling import resample
     from affectedit.identity import build_identity_net
 
     out_dir = Path(out_dir)
     from accelerate.state import AcceleratorState
 
     tc, mc, lc = cfg.train, cfg.model, cfg.loss
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
     # Accelerate keeps one global state per process; forget the previous run's precision so that
     # several runs can happen in one process (tests, benchmarks). The process group is kept.
     AcceleratorState._reset_state()
@@ -347,7 +352,9 @@ def train(
     lo, hi = _shard(B, rank, world)
     id_hi = max(min(hi, k_id) - lo, 0)  # this rank's share of the first k_id images of the global batch
     n_extra = int(round(B * tc.extra_fraction)) if tc.extra_data else 0
-    stream = batches(cache, B - n_extra, seed=tc.seed, hflip=tc.hflip, start_step=start, balance=tc.balance)
+    # train.sampling=classes: epochs over the authors' class-balanced list (data/sampling.py)
+    stream = batches(resample(cache, tc.sampling, tc.seed), B - n_extra, seed=tc.seed, hflip=tc.hflip, start_step=start,
+                     balance=tc.balance)
     if n_extra:
         extra = FaceCache(tc.extra_data)
         if extra.size != mc.image_size:
@@ -431,12 +438,12 @@ def train(
             if identity_net is not None and id_hi > 0:
                 feats_real = identity_net.features(x[:id_hi])
                 if not warp or lc.identity > 0:
-                    loss_id = identity_loss(feats_real, identity_net.features(x_gen[:id_hi])).sum() * world / k_id
+                    loss_id = identity_loss(feats_real, identity_net.features(x_gen[:id_hi]), lc.identity_norm).sum() * world / k_id
             loss_eg = lc.rec * loss_rec + lc.identity * loss_id + lc.z * loss_ez + lc.img * loss_gimg
             loss_expr = loss_reg = loss_tid = zero
             if warp:
                 if identity_net is not None and id_hi > 0 and lc.target_identity > 0:
-                    loss_tid = identity_loss(feats_real, identity_net.features(x_t[:id_hi])).sum() * world / k_id
+                    loss_tid = identity_loss(feats_real, identity_net.features(x_t[:id_hi]), lc.identity_norm).sum() * world / k_id
                 if expression_net is not None:
                     soft = soft_expression_targets(y_t, expression_net.anchors, lc.expression_tau)
                     loss_expr = expression_loss(expression_net(_jitter(x_t, gen)), soft).sum() * world / B
