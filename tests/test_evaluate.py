@@ -7,11 +7,14 @@ import torch
 
 from affectedit.errors import UserError
 from affectedit.evaluate import (
+    CALIBRATION_PART,
+    SELECTION_PARTS,
     difference_map,
     evaluate,
     extreme_mask,
     grid_edits,
     heatmap_sums,
+    identity_part,
     label_grid,
     neutral_index,
     normalise_heatmaps,
@@ -81,11 +84,42 @@ def test_score_labels_and_face_selection():
     assert s["rmse"] == pytest.approx(np.sqrt((0.25 + 0.25 + 0.04) / 4))
     assert s["sagr"] == pytest.approx(0.75)        # the 0 target never agrees
     assert s["sagr_nonzero"] == pytest.approx(1.0)
-    assert list(select_faces(10, 3)) == [0, 4, 9] or list(select_faces(10, 3)) == [0, 5, 9]
-    assert len(select_faces(5, 100)) == 5
-    report, calibration = select_faces(1160, 200), select_faces(1160, 200, offset=3)
-    assert len(report) == len(calibration) == 200 and not set(report) & set(calibration)
-    assert list(select_faces(10, 3, offset=2)) == sorted((select_faces(10, 3) + 2) % 10)
+
+
+def _people(n_people: int, seed: int = 0) -> list[str]:
+    """An LFW-like list: people sorted by name, 1-12 images each (most with one or two)."""
+    rng = np.random.default_rng(seed)
+    return [f"person_{p:04d}" for p in range(n_people) for _ in range(int(min(12, rng.geometric(0.55))))]
+
+
+def test_face_selection_disjoint_by_identity_for_any_counts_and_offsets():
+    identities = _people(545)  # the LFW validation split's people, about 1160 images
+    picks = {(n, part): select_faces(identities, n, part)
+             for n in (1, 2, 7, 40, 60, 100, 136, 200, 500, 1160, 5000) for part in range(SELECTION_PARTS)}
+    for (n1, p1), a in picks.items():
+        assert len(a) == len(set(a.tolist())) and list(a) == sorted(a)
+        in_part = sum(identity_part(i) == p1 for i in identities)
+        assert len(a) == min(n1, in_part)
+        assert all(identity_part(identities[i]) == p1 for i in a)
+        people = {identities[i] for i in a}
+        if n1 <= len({i for i in identities if identity_part(i) == p1}):
+            assert len(people) == len(a)  # one image per person while the part has enough people
+        for (n2, p2), b in picks.items():
+            if p1 != p2:
+                assert not people & {identities[i] for i in b}, (n1, p1, n2, p2)
+    # the issue's case: report select_faces(.., 200, 0) and calibration (.., 100, 3) shared 17 images
+    report, calibration = select_faces(identities, 200), select_faces(identities, 100, CALIBRATION_PART)
+    assert len(report) == 200 and len(calibration) == 100
+    assert not {identities[i] for i in report} & {identities[i] for i in calibration}
+    # an int: that many images of different people
+    assert len(select_faces(1160, 100)) == 100 and not set(select_faces(1160, 100)) & set(select_faces(1160, 100, 3))
+    # parts are a function of the name: another list with the same people puts them in the same parts
+    other = sorted(set(identities))[::-1]
+    assert {other[i] for i in select_faces(other, 10**6, 3)} == {i for i in identities if identity_part(i) == 3}
+    with pytest.raises(UserError, match="part"):
+        select_faces(identities, 10, SELECTION_PARTS)
+    with pytest.raises(UserError):
+        select_faces([], 10)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import dataclasses
 import math
 import os
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ __all__ = [
     "parse_mode",
     "resolve_regressors",
     "score_labels",
+    "identity_part",
     "select_faces",
     "write_report",
 ]
@@ -105,15 +107,52 @@ def neutral_index(labels) -> int:
     return int(hits[0])
 
 
-def select_faces(total: int, n: int, offset: int = 0) -> np.ndarray:
-    """``n`` indices spread evenly over ``range(total)`` (caches are ordered by file, so the first
-    n would come from few people); all of them if n >= total. ``offset`` shifts them (modulo
-    total): with n well below total / 2, offsets 0 and a few give disjoint sets of images, e.g. one
-    to choose settings on (calibration) and one to report."""
-    if total < 1:
+# Every identity belongs to one of SELECTION_PARTS parts, a fixed function of its name: part 0 is
+# the report's, the others are for choosing settings (calibration: 3). Faces chosen from different
+# parts never show the same person, whatever their counts and whichever list they come from.
+SELECTION_PARTS = 4
+REPORT_PART, CALIBRATION_PART = 0, 3
+
+
+def identity_part(identity) -> int:
+    """The part (0 .. SELECTION_PARTS - 1) of an identity: CRC-32 of its name modulo the number of
+    parts, the same in every tool, cache and list (``photo_report`` can use it too)."""
+    return zlib.crc32(str(identity).encode("utf-8")) % SELECTION_PARTS
+
+
+def select_faces(identities, n: int, offset: int = REPORT_PART) -> np.ndarray:
+    """Sorted indices of ``n`` images whose people all lie in part ``offset`` (see
+    ``identity_part``): one image per person, the people spread evenly over their order in the list
+    (caches are sorted by file, so by name); when ``n`` exceeds the people of the part, second
+    images, then third, ... (all of the part's images when ``n`` exceeds them). ``identities``:
+    one identity per image (a cache's ``identities``; an image without one counts as its own
+    person), or an int N for N images of N different people. Two calls with different ``offset``
+    never share a person, for any counts."""
+    if isinstance(identities, (int, np.integer)):
+        identities = [f"#{i}" for i in range(int(identities))]
+    identities = [f"#{i}" if ident in (None, "") else str(ident) for i, ident in enumerate(identities)]
+    if not identities:
         raise UserError("the evaluation cache holds no images")
-    n = min(int(n), total)
-    return np.unique((np.linspace(0, total - 1, n).round().astype(int) + int(offset)) % total)
+    offset = int(offset)
+    if not 0 <= offset < SELECTION_PARTS:
+        raise UserError(f"--offset picks a part of the identities: 0 .. {SELECTION_PARTS - 1} (0: the report, "
+                        f"{CALIBRATION_PART}: calibration), got {offset}")
+    people: dict[str, list[int]] = {}
+    for i, ident in enumerate(identities):
+        if identity_part(ident) == offset:
+            people.setdefault(ident, []).append(i)
+    groups = list(people.values())
+    n = max(0, min(int(n), sum(len(g) for g in groups)))
+    chosen: list[int] = []
+    rank = 0
+    while len(chosen) < n:
+        have = [g[rank] for g in groups if len(g) > rank]  # the (rank+1)-th image of every person with one
+        take = n - len(chosen)
+        if take < len(have):
+            have = [have[j] for j in np.floor(np.linspace(0, len(have) - 1, take) + 0.5).astype(int)]  # distinct: spacing >= 1
+        chosen += have
+        rank += 1
+    return np.array(sorted(chosen), dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,7 +385,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     labels = label_grid(grid)
     L = len(labels)
     neutral = neutral_index(labels)
-    chosen = select_faces(len(cache), faces, offset)
+    chosen = select_faces(cache.identities, faces, offset)
     mask = face_mask(S)
     background = mask == 0
     inner = mask >= 0.5

@@ -38,7 +38,7 @@ def _register_evaluate(subparsers) -> None:
                         "as `affectedit regressor train -o PREFIX` writes them), a folder holding both, or two "
                         "checkpoint paths")
     parser.add_argument("--faces", type=int, default=100,
-                        help="faces to edit, spread evenly over the cache (default: 100; the paper: 4,500)")
+                        help="faces to edit, one per person where the part has enough people (default: 100; the paper: 4,500)")
     parser.add_argument("--modes", default=None,
                         help="comma-separated edit modes to compare: residual, paper or warp (the warp head), optionally "
                         "+mask (blended into the input with the feathered face ellipse, as an edited photo is), "
@@ -49,8 +49,8 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--examples", type=int, default=3,
                         help="faces shown in the Fig. 3 grids (default: 3; 0 = no Fig. 3)")
     parser.add_argument("--offset", type=int, default=0,
-                        help="shift the chosen faces by this many images (default: 0); e.g. choose a setting "
-                        "with --offset 3 and report with 0, on disjoint faces")
+                        help="the part of the identities to take faces from, 0-3 (default: 0, the report's); choose "
+                        "settings with --offset 3 (calibration) and report with 0: no person is in both, for any --faces")
     parser.add_argument("--batch-faces", type=int, default=8,
                         help="faces edited per batch (each to every label; default: 8)")
     parser.add_argument("--no-identity", action="store_true",
