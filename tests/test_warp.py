@@ -107,3 +107,23 @@ def test_edit_count_must_match_faces(photo):
     img, faces = photo
     with pytest.raises(ValueError, match="faces"):
         apply_to_photo(img, faces, CropEdit(delta=torch.zeros(2, 3, 8, 8)))
+
+
+def test_sample_targets_draws_the_negative_anchors_more_often_when_asked():
+    import torch
+
+    from affectedit.train import RARE_ANCHORS, TARGET_ANCHORS, sample_targets
+
+    def share_near_negative(**kw):
+        y = sample_targets(20000, torch.Generator().manual_seed(0), **kw)
+        anchors = torch.tensor(TARGET_ANCHORS)
+        nearest = torch.cdist(y, anchors).argmin(1)
+        return sum((nearest == i).float().mean().item() for i in RARE_ANCHORS)
+
+    plain, rare = share_near_negative(anchor_share=1.0), share_near_negative(anchor_share=1.0, rare=3.0)
+    assert 0.35 < plain < 0.65  # 4 of 8 anchors (jitter blurs the nearest-anchor count a little)
+    assert rare > plain + 0.15  # 12 of 16 weights -> ~0.75
+    # the defaults draw as before (same generator, same numbers)
+    a = sample_targets(64, torch.Generator().manual_seed(1))
+    b = sample_targets(64, torch.Generator().manual_seed(1), 0.5, 1.0)
+    assert torch.equal(a, b)

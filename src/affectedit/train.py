@@ -85,15 +85,24 @@ TARGET_ANCHORS = [CIRCUMPLEX[c] for c in ("neutral", "happiness", "surprise", "a
     + [(0.75, -0.65)]  # calm
 
 
-def sample_targets(n: int, generator: torch.Generator) -> torch.Tensor:
-    """n target labels (valence, arousal) for the edited branch (see TARGET_ANCHORS)."""
+RARE_ANCHORS = (3, 4, 5, 6)  # anger, sadness, fear, disgust in TARGET_ANCHORS
+
+
+def sample_targets(n: int, generator: torch.Generator, anchor_share: float = 0.5, rare: float = 1.0) -> torch.Tensor:
+    """n target labels (valence, arousal) for the edited branch: with probability ``anchor_share``
+    one of TARGET_ANCHORS with jitter (the negative ones ``rare`` times as likely as each other
+    one), otherwise uniform on the unit disc. The defaults draw exactly as 0.2 did."""
     anchors = torch.tensor(TARGET_ANCHORS)
-    pick = anchors[torch.randint(len(anchors), (n,), generator=generator)]
+    if rare == 1.0:
+        pick = anchors[torch.randint(len(anchors), (n,), generator=generator)]
+    else:
+        weights = torch.tensor([rare if i in RARE_ANCHORS else 1.0 for i in range(len(anchors))])
+        pick = anchors[torch.multinomial(weights, n, replacement=True, generator=generator)]
     pick = pick + 0.08 * torch.randn(n, 2, generator=generator)
     r = torch.rand(n, generator=generator).sqrt()
     t = torch.rand(n, generator=generator) * (2 * math.pi)
     disc = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1)
-    use_anchor = torch.rand(n, generator=generator) < 0.5
+    use_anchor = torch.rand(n, generator=generator) < anchor_share
     return torch.where(use_anchor[:, None], pick, disc).clamp(-1, 1)
 
 
@@ -405,7 +414,7 @@ def train(
                 code = torch.cat([z, y_src.detach()], dim=1)  # G learns from the read-out, not into it
                 # Reconstruction branch (own label: G should change nothing) and edited branch
                 # (a sampled target y_t), both moving x's own pixels.
-                y_t = sample_targets(B, gen)[lo:hi].to(device)
+                y_t = sample_targets(B, gen, lc.target_anchors, lc.rare_targets)[lo:hi].to(device)
                 both = generator(torch.cat([code, code]), torch.cat([y, y_t]))
                 n = len(x)
                 fields_rec = type(both)(*(None if t is None else t[:n] for t in both))
