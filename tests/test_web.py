@@ -1,4 +1,5 @@
-"""The web server (affectedit.web) with a tiny checkpoint: edits, limits, refusals, a load test."""
+"""The web server (affectedit.web: Starlette on uvicorn) with a tiny checkpoint: live editing, one-shot
+edits, limits, timeouts, refusals, a small load test (the big one is benchmarks/web_load.py)."""
 from __future__ import annotations
 
 import http.client
@@ -55,7 +56,7 @@ def request(server, method, path, body=None, headers=None, timeout=60):
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()  # headers: case-insensitive
     finally:
         conn.close()
 
@@ -192,12 +193,12 @@ class CountingEditor:
     def __init__(self, editor):
         self.editor, self.active, self.most, self.lock = editor, 0, 0, threading.Lock()
 
-    def edit(self, image, valence, arousal):
+    def edit(self, image, valence, arousal, **options):
         with self.lock:
             self.active += 1
             self.most = max(self.most, self.active)
         try:
-            return self.editor.edit(image, valence, arousal)
+            return self.editor.edit(image, valence, arousal, **options)
         finally:
             with self.lock:
                 self.active -= 1
@@ -269,7 +270,7 @@ def test_busy_server_answers_503(editor):
     gate, entered = threading.Event(), threading.Event()
 
     class SlowEditor:
-        def edit(self, image, valence, arousal):
+        def edit(self, image, valence, arousal, **options):
             entered.set()
             gate.wait(30)
             return image
@@ -334,3 +335,187 @@ def test_cli_serve_runs_and_stops(tiny_checkpoint):
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+# --------------------------------------------------------------------------------------------- live editing
+
+
+def two_faces() -> Image.Image:
+    """Two London portraits side by side (PNG in, PNG out: pixels compare exactly)."""
+    a = Image.open(portrait()).convert("RGB").resize((300, 300), Image.LANCZOS)
+    b = Image.open(portrait("smiling_front")).convert("RGB").resize((260, 260), Image.LANCZOS)
+    photo = Image.new("RGB", (600, 320), (200, 200, 200))
+    photo.paste(a, (0, 10))
+    photo.paste(b, (330, 30))
+    return photo
+
+
+def test_live_upload_preview_and_full_edit(server):
+    path = portrait()
+    size = Image.open(path).size
+    status, headers, body = request(server, "POST", "/api/photos", path.read_bytes(), {"Content-Type": "image/jpeg"})
+    assert status == 200, body[:300]
+    photo = json.loads(body)
+    assert (photo["width"], photo["height"]) == size and len(photo["faces"]) == 1
+    assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+    pid = photo["id"]
+    # The unedited photo at preview size (what the page shows after an upload).
+    status, headers, body = request(server, "GET", f"/api/photos/{pid}/original")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(body)).size == tuple(photo["preview"])
+    # Previews while the dial moves: small JPEGs, fast.
+    times = []
+    for v in (-0.8, -0.2, 0.4, 0.9):
+        t0 = time.perf_counter()
+        status, headers, body = request(server, "GET", f"/api/photos/{pid}/preview?valence={v}&arousal=0.3&strength=1.5")
+        times.append(time.perf_counter() - t0)
+        assert status == 200 and headers["Content-Type"] == "image/jpeg", body[:200]
+        assert Image.open(io.BytesIO(body)).size == tuple(photo["preview"])
+    assert max(photo["preview"]) <= 640
+    assert statistics.median(times) < 0.5, times
+    # The full edit on release: the input's size and format.
+    status, headers, body = request(server, "GET", f"/api/photos/{pid}/edit?valence=0.9&arousal=0.3")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and Image.open(io.BytesIO(body)).size == size
+    # Refusals.
+    assert request(server, "GET", f"/api/photos/{pid}/edit?valence=0.9&arousal=0.3&face=3")[0] == 400
+    assert request(server, "GET", f"/api/photos/{pid}/preview?valence=0.9&arousal=0.3&strength=9")[0] == 400
+    status, _, body = request(server, "GET", "/api/photos/nope/preview?valence=0&arousal=0")
+    assert status == 404 and "upload it again" in error_of(body)
+
+
+@pytest.fixture(scope="module")
+def bundled_server():
+    """The bundled model (the tiny one's changes can round to nothing)."""
+    from affectedit.editor import Editor
+
+    server = start(Editor.from_pretrained())
+    yield server
+    stop(server)
+
+
+def test_live_face_picker_edits_only_that_face(bundled_server):
+    server = bundled_server
+    photo = two_faces()
+    status, _, body = request(server, "POST", "/api/photos", encoded(photo, "PNG"), {"Content-Type": "image/png"})
+    assert status == 200, body[:300]
+    info = json.loads(body)
+    assert len(info["faces"]) == 2
+    boxes = info["faces"]
+    right = 1 if boxes[1]["box"][0] > boxes[0]["box"][0] else 0
+    status, headers, body = request(server, "GET", f"/api/photos/{info['id']}/edit?valence=-0.9&arousal=0.8&strength=4&face={right}")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    import numpy as np
+
+    before, after = np.asarray(photo), np.asarray(Image.open(io.BytesIO(body)).convert("RGB"))
+    assert (before[:, :310] == after[:, :310]).all(), "the face not picked changed"
+    assert (before[:, 330:] != after[:, 330:]).any(), "the picked face did not change"
+
+
+def test_one_shot_edit_with_emotion_word_and_strength(server):
+    photo = Image.open(portrait()).convert("RGB").resize((200, 200))
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="emotion"\r\n\r\nhappy\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="strength"\r\n\r\n0.5\r\n'.encode(),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="me.png"\r\n'
+        f"Content-Type: image/png\r\n\r\n".encode() + encoded(photo, "PNG") + b"\r\n",
+        f"--{boundary}--\r\n".encode(),
+    ]
+    status, headers, body = request(server, "POST", "/api/edit", b"".join(parts),
+                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200, body[:300]
+    assert headers["X-Valence"] == "0.830" and headers["Content-Type"] == "image/png"
+    status, _, body = request(server, "POST", "/api/edit?emotion=smug", encoded(photo, "PNG"))
+    assert status == 400 and "unknown emotion" in error_of(body)
+
+
+def test_errors_carry_security_headers(server):
+    for method, path in [("GET", "/nope"), ("POST", "/api/info"), ("GET", "/api/photos/x/edit?valence=0&arousal=0")]:
+        status, headers, body = request(server, method, path)
+        assert status in (404, 405) and headers["X-Content-Type-Options"] == "nosniff", (path, status)
+        assert "error" in json.loads(body)
+
+
+def recv_all(sock) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_stalled_upload_is_408_and_does_not_block_others(editor):
+    server = start(editor, idle_timeout=1.5, body_timeout=4)
+    try:
+        host, port = server.server_address[:2]
+        stalled = socket.create_connection((host, port), timeout=10)
+        stalled.sendall(b"POST /api/photos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                        b"Content-Length: 100000\r\n\r\n\xff\xd8")
+        # While it stalls, others are served at once.
+        t0 = time.perf_counter()
+        assert request(server, "GET", "/api/info")[0] == 200
+        assert time.perf_counter() - t0 < 1.0
+        answer = recv_all(stalled)
+        assert answer.startswith(b"HTTP/1.1 408") and b"stalled" in answer, answer[:200]
+        stalled.close()
+        # A trickle that never stalls long is cut at the total body deadline.
+        trickle = socket.create_connection((host, port), timeout=10)
+        trickle.sendall(b"POST /api/edit?valence=0&arousal=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n")
+        t0 = time.perf_counter()
+        trickle.settimeout(0.5)
+        answer = b""
+        while time.perf_counter() - t0 < 10 and not answer:
+            try:
+                trickle.sendall(b"x")
+                answer = trickle.recv(65536)
+                trickle.settimeout(5)
+                answer += recv_all(trickle)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        assert answer.startswith(b"HTTP/1.1 408") and b"longer than" in answer, answer[:200]
+        assert 3.5 < time.perf_counter() - t0 < 8
+        trickle.close()
+    finally:
+        stop(server)
+
+
+def test_header_timeout_closes_silent_connections(editor):
+    server = start(editor, header_timeout=1.0)
+    try:
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(b"GET /api/in")  # never finishes the request line
+            t0 = time.perf_counter()
+            assert sock.recv(100) == b""  # closed by the server
+            assert time.perf_counter() - t0 < 5
+    finally:
+        stop(server)
+
+
+def test_chunked_upload_over_the_limit_is_413(server):
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /api/edit?valence=0&arousal=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = os.urandom(2**20)
+        answer = b""
+        try:
+            for _ in range(4):
+                sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except OSError:
+            pass
+        sock.settimeout(10)
+        with __import__("contextlib").suppress(OSError):
+            answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+def test_cli_serve_refuses_absurd_values(capsys):
+    from affectedit.cli import main
+
+    for value in ("inf", "nan", "0", "-5", "1e9"):
+        assert main(["serve", "--max-upload-mb", value, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "--max-upload-mb must be a number of megabytes" in err and err.count("\n") == 1, err
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
