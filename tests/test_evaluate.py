@@ -181,7 +181,8 @@ def test_grid_edits_are_the_editors_edits(tiny_run, tiny_cache):
 def test_evaluate_writes_report(tiny_run, tiny_cache, tmp_path):
     out = tmp_path / "report"
     result = evaluate(tiny_run / "run" / "checkpoint.pt", tiny_cache, tiny_run / "reg", out, faces=2,
-                      examples=1, batch_faces=2, device="cpu", progress=False)
+                      examples=1, batch_faces=2, device="cpu", progress=False, train_labels=tiny_cache,
+                      notes=["A note for the end."])
     readme = (out / "README.md").read_text()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["modes"] == ["residual", "paper"] == result["modes"]
@@ -196,6 +197,19 @@ def test_evaluate_writes_report(tiny_run, tiny_cache, tmp_path):
         assert (out / f"fig3-examples-{mode}.png").stat().st_size > 1000
         assert f"fig2-heatmaps-{mode}.png" in readme and f"mode `{mode}`" in readme
     assert "Table IV" in readme and "0.528" in readme  # the paper's figures beside ours
+    # what is comparable is said in the tables; the targets inside the training labels' span apart
+    assert readme.count("comparable to the paper?") >= 4 and "| no: " in readme
+    span = saved["labels"]["train_range"]
+    inside = np.asarray(saved["labels"]["in_range"])
+    assert len(inside) and all(span[d][0] <= v <= span[d][1] for row in inside for d, v in zip(("valence", "arousal"), row))
+    assert saved["table_iv"]["in_range_edits"] == 2 * len(inside)
+    assert saved["table_iv"]["modes"]["paper"]["in_range"]["valence"]["count"] == 2 * len(inside)
+    assert "Targets inside the training label range" in readme and "A note for the end." in readme
+    stats = saved["data"]["label_stats"]["arousal"]
+    assert 0 <= stats["positive_share"] <= 1 and stats["min"] <= stats["max"]
+    # the tiny model was trained without an identity loss: the measure is independent of its training
+    assert saved["identity"]["trained_against"] is False and "not trained against dlib" in readme
+    assert saved["data"]["people"] == 2 and "part 0" in saved["data"]["selection"]
     assert set(saved["table_iii"]["ours"]) == {"valence", "arousal"}
     assert "_maps" not in json.dumps(saved)
     assert not list(out.glob(".*.tmp*"))  # atomic writes leave no temporaries

@@ -55,6 +55,8 @@ __all__ = [
     "resolve_regressors",
     "score_labels",
     "identity_part",
+    "in_range_mask",
+    "label_stats",
     "select_faces",
     "write_report",
 ]
@@ -202,13 +204,36 @@ def score_labels(targets, predictions) -> dict[str, float]:
     }
 
 
-def _table_iv(targets: np.ndarray, predictions: dict[str, np.ndarray]) -> dict:
-    """{"all"|"extreme": {dimension: scores}} for targets K x 2 and predictions {dim: K}."""
-    extreme = extreme_mask(targets)
+def in_range_mask(labels, label_range) -> np.ndarray:
+    """True for the labels (n x 2) whose valence and arousal both lie in ``label_range``
+    ({"valence": [low, high], "arousal": [low, high]}, the training labels' span)."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
+    keep = np.ones(len(labels), bool)
+    for i, d in enumerate(DIMENSIONS):
+        low, high = label_range[d]
+        keep &= (labels[:, i] >= low - 1e-6) & (labels[:, i] <= high + 1e-6)
+    return keep
+
+
+def _table_iv(targets: np.ndarray, predictions: dict[str, np.ndarray], label_range=None) -> dict:
+    """{"all"|"extreme"[|"in_range"]: {dimension: scores}} for targets K x 2 and predictions {dim: K};
+    "in_range": the targets inside ``label_range`` (see ``in_range_mask``), when given."""
+    subsets = [("all", np.ones(len(targets), bool)), ("extreme", extreme_mask(targets))]
+    if label_range is not None:
+        subsets.append(("in_range", in_range_mask(targets, label_range)))
     out = {}
-    for subset, keep in (("all", np.ones(len(targets), bool)), ("extreme", extreme)):
-        out[subset] = {d: score_labels(targets[keep, i], predictions[d][keep]) for i, d in enumerate(DIMENSIONS)}
+    for subset, keep in subsets:
+        if keep.any():
+            out[subset] = {d: score_labels(targets[keep, i], predictions[d][keep]) for i, d in enumerate(DIMENSIONS)}
     return out
+
+
+def label_stats(labels) -> dict:
+    """Per dimension of ``labels`` (n x 2): min, max and the shares above and below 0."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
+    return {d: {"min": float(labels[:, i].min()), "max": float(labels[:, i].max()),
+                "positive_share": float((labels[:, i] > 0).mean()), "negative_share": float((labels[:, i] < 0).mean())}
+            for i, d in enumerate(DIMENSIONS)}
 
 
 def _summary(values) -> dict[str, float]:
@@ -338,9 +363,11 @@ def _open_data(data):
 
 def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("residual", "paper"),
              grid: int = 7, examples: int = 3, batch_faces: int = 8, identity: bool = True, offset: int = 0,
-             device=None, progress: bool = True) -> dict:
+             device=None, progress: bool = True, train_labels=None, notes=()) -> dict:
     """Run the whole evaluation and write ``out_dir/README.md``, ``out_dir/metrics.json`` and the
-    figures (PNG). ``regressors``: see ``resolve_regressors``. Returns the metrics dict."""
+    figures (PNG). ``regressors``: see ``resolve_regressors``. ``train_labels``: the training cache;
+    Table IV then also scores the targets inside its labels' span (min to max per dimension)
+    separately. ``notes``: Markdown paragraphs for the report's end. Returns the metrics dict."""
     from tqdm.auto import tqdm
 
     from affectedit.editor import Editor
@@ -359,6 +386,10 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     t_start = time.perf_counter()
 
     cache = _open_data(data)
+    train_range = None
+    if train_labels is not None:
+        span = label_stats(_open_data(train_labels).labels)
+        train_range = {d: [span[d]["min"], span[d]["max"]] for d in DIMENSIONS}
     reg_paths = resolve_regressors(regressors)
     editor = Editor.from_checkpoint(checkpoint, device=device)  # a mode says what it changes; the rest as stored
     S = editor.image_size
@@ -435,16 +466,27 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
         "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S,
                        "label_range": editor.edit_config.label_range,
                        "edit": dataclasses.asdict(editor.edit_config)},
-        "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist()},
+        "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist(),
+                 "people": len({cache.identities[i] for i in chosen}),
+                 "selection": f"one image per person from part {int(offset)} of {SELECTION_PARTS} of the identities "
+                              "(evaluate.identity_part: CRC-32 of the name), disjoint by person from every other part",
+                 "label_stats": label_stats(cache.labels),
+                 "format": cache.meta.get("config", {}).get("format"), "labels_file": cache.meta.get("config", {}).get("labels")},
         "labels": {"grid": grid, "values": labels.tolist(), "count": L,
                    "extreme": labels[extreme_mask(labels)].tolist(),
-                   "extreme_definition": "|valence| = 1 and |arousal| = 1 (the four corners of the grid)"},
+                   "extreme_definition": "|valence| = 1 and |arousal| = 1 (the four corners of the grid)",
+                   "train_range": train_range, "train_labels": str(train_labels) if train_labels is not None else None,
+                   "in_range": labels[in_range_mask(labels, train_range)].tolist() if train_range else None},
         "regressors": {d: {"path": str(p), **regs[d].config, "step": regs[d].step} for d, p in reg_paths.items()},
         "table_iii": {"ours": table_iii, "paper": _paper_table_iii()},
         "table_iv": {"paper": PAPER_TABLE_IV, "edits": n * L, "extreme_edits": int(extreme_mask(targets).sum()),
-                     "unedited": _table_iv(targets, {d: np.repeat(np.concatenate(input_preds[d]), L) for d in DIMENSIONS}),
+                     "in_range_edits": int(in_range_mask(targets, train_range).sum()) if train_range else None,
+                     "unedited": _table_iv(targets, {d: np.repeat(np.concatenate(input_preds[d]), L) for d in DIMENSIONS},
+                                           train_range),
                      "modes": {}},
-        "identity": {"threshold": metrics.SAME_PERSON_THRESHOLD, "modes": {}} if id_net is not None else None,
+        "identity": {"threshold": metrics.SAME_PERSON_THRESHOLD, "network": "dlib", "modes": {},
+                     "trained_against": _trained_against_dlib(editor)} if id_net is not None else None,
+        "notes": list(notes),
         "background": {"definition": "mean |edit - input| over the pixels with face_mask == 0, fraction of 255; "
                        "face = pixels with face_mask >= 0.5", "background_pixels": int(background.sum()),
                        "face_pixels": int(inner.sum()), "modes": {}},
@@ -455,7 +497,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     }
     ex = extreme_mask(targets)
     for m in modes:
-        result["table_iv"]["modes"][m] = _table_iv(targets, {d: np.concatenate(preds[m][d]) for d in DIMENSIONS})
+        result["table_iv"]["modes"][m] = _table_iv(targets, {d: np.concatenate(preds[m][d]) for d in DIMENSIONS}, train_range)
         if id_net is not None:
             dist = np.concatenate(id_dist[m])
             same = dist < metrics.SAME_PERSON_THRESHOLD
@@ -491,6 +533,16 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     # write_report wrote the texts before the last timings were known: rewrite them with them.
     write_texts(result, Path(out_dir))
     return public(result)
+
+
+def _trained_against_dlib(editor) -> bool | None:
+    """Whether the editing model's identity loss used dlib's network (the one the report measures
+    identity with); None when the editor does not say how it was trained."""
+    loss = getattr(getattr(editor, "config", None), "loss", None)
+    if loss is None:
+        return None
+    used = float(getattr(loss, "identity", 0)) > 0 or float(getattr(loss, "target_identity", 0)) > 0
+    return bool(used and str(getattr(loss, "identity_backbone", "dlib")).lower() == "dlib")
 
 
 @torch.inference_mode()

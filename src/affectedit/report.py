@@ -39,9 +39,44 @@ def _f(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
 
 
-def _row(name: str, scores: dict) -> str:
-    cells = [_f(scores[s][m]) for s in ("all", "extreme") for m in ("rmse", "sagr", "ccc")]
-    return f"| {name} | " + " | ".join(cells) + " |"
+def _row(name: str, scores: dict, comparable: str = "", subsets=("all", "extreme")) -> str:
+    cells = [_f(scores[s][m]) if s in scores else "n/a" for s in subsets for m in ("rmse", "sagr", "ccc")]
+    return f"| {name} | " + " | ".join(cells) + (f" | {comparable} |" if comparable else " |")
+
+
+def _data_kind(data: dict) -> str:
+    """What the evaluation data's labels are, in words."""
+    if data.get("format") == "affectnet":
+        return "AffectNet: human valence/arousal annotations"
+    if data.get("format") in ("lfw", "london"):
+        return ("labels derived from expression classes (LFW's crowd labels through the FER-2013 classifier and "
+                "circumplex anchors, `data/labels.py`), not human valence/arousal annotations")
+    return "labels of the cache (origin not recorded)"
+
+
+def _selection(data: dict) -> str:
+    if data.get("selection"):
+        return f"{data['selection']}; {data.get('people', data['faces'])} people"
+    return "spread evenly over the cache" + (f" and shifted by {data['offset']} images" if data.get("offset") else "")
+
+
+def _label_facts(data: dict, labels: dict) -> list[str]:
+    """The evaluation data's label distribution and the training span, as report lines."""
+    out = []
+    st = data.get("label_stats")
+    if st:
+        out.append("Labels of the evaluation data: " + "; ".join(
+            f"{d} from {st[d]['min']:+.2f} to {st[d]['max']:+.2f}, {100 * st[d]['positive_share']:.1f}% positive"
+            for d in DIMENSIONS) + ".")
+    tr = labels.get("train_range")
+    if tr:
+        inside = labels.get("in_range") or []
+        out.append(f"Training labels (`{labels.get('train_labels')}`) span valence {tr['valence'][0]:+.2f} to "
+                   f"{tr['valence'][1]:+.2f} and arousal {tr['arousal'][0]:+.2f} to {tr['arousal'][1]:+.2f}: "
+                   f"{len(inside)} of the grid's {labels['count']} targets lie inside that span in both dimensions "
+                   "(\"in range\" below); the others, the corners and every -1 among them, ask for labels that neither the "
+                   "editing model nor the regressors were trained on.")
+    return out
 
 
 def _markdown(r: dict) -> str:
@@ -55,8 +90,7 @@ def _markdown(r: dict) -> str:
         + (f"; target labels mapped onto the training range valence {ck['label_range'][0]}, arousal "
            f"{ck['label_range'][1]} before G sees them, scored against the targets as asked" if ck.get("label_range") else "")
         + "); "
-        f"{data['faces']} faces of `{data['path']}` ({data['images']} images), spread evenly over the cache"
-        + (f" and shifted by {data['offset']} images" if data.get("offset") else "") + "; "
+        f"{data['faces']} faces of `{data['path']}` ({data['images']} images): {_selection(data)}; "
         f"{r['labels']['count']} target labels on a {r['labels']['grid']}x{r['labels']['grid']} grid of [-1, 1]^2 "
         f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
         + ", ".join(f"`{m}`" for m in modes) + ". Settings a mode does not name are those stored with the weights: "
@@ -71,34 +105,62 @@ def _markdown(r: dict) -> str:
                                     f"{v.get('step')} steps)"
                                     for d, v in r["regressors"].items()) + ".",
         "",
+        *_label_facts(data, r["labels"]),
+        "",
         "## Table III: regressors on the validation data (ground truth vs prediction)",
         "",
-        "| | RMSE | SAGR | CCC | paper RMSE | paper SAGR | paper CCC |",
-        "|---|---|---|---|---|---|---|",
+        "| | RMSE | SAGR | CCC | data | comparable to the paper? |",
+        "|---|---|---|---|---|---|",
     ]
+    affectnet = data.get("format") == "affectnet"
+    ours_t3 = ("partly: same kind of labels, other images, our regressors" if affectnet else
+               "no: other data, derived labels, our regressors (read it as how well they learnt these labels)")
     for d in DIMENSIONS:
         o, p = t3["ours"].get(d), t3["paper"][d]
+        lines.append(f"| Lindt et al., {d} | {_f(p['rmse'])} | {_f(p['sagr'])} | {_f(p['ccc'])} | "
+                     "4,500 held-out AffectNet images, human annotations | (the reference) |")
         if o:
-            lines.append(f"| {d} | {_f(o['rmse'])} | {_f(o['sagr'])} | {_f(o['ccc'])} | "
-                         f"{_f(p['rmse'])} | {_f(p['sagr'])} | {_f(p['ccc'])} |")
+            lines.append(f"| ours, {d} | {_f(o['rmse'])} | {_f(o['sagr'])} | {_f(o['ccc'])} | "
+                         f"all {data['images']} images of the cache, {_data_kind(data)} | {ours_t3} |")
+    ours_t4 = ("partly: AffectNet faces, but our regressors, resolution and face count" if affectnet else
+               f"no: {data['faces']} LFW faces at {ck['image_size']}x{ck['image_size']}, derived labels, our regressors")
     lines += [
         "",
-        f"Ours: all {data['images']} images of the cache. Paper: 4,500 held-out AffectNet images.",
-        "",
         "## Table IV: regressors on the edited faces (target label vs prediction)",
+        "",
+        ("Only the paper's rows are Lindt et al.'s numbers. Our rows are scored by other regressors trained on other "
+         "labels, on other faces, so the two columns of numbers are not the same measurement: compare our modes with "
+         "each other and with \"no edit\", not with the paper."),
         "",
     ]
     for d in DIMENSIONS:
         lines += [
             f"**{d.capitalize()}**",
             "",
-            "| | All RMSE | All SAGR | All CCC | Extreme RMSE | Extreme SAGR | Extreme CCC |",
-            "|---|---|---|---|---|---|---|",
-            _row("Lindt et al. (published)", {s: r["table_iv"]["paper"][s][d] for s in ("all", "extreme")}),
+            "| | All RMSE | All SAGR | All CCC | Extreme RMSE | Extreme SAGR | Extreme CCC | comparable to the paper? |",
+            "|---|---|---|---|---|---|---|---|",
+            _row("Lindt et al. (published)", {s: r["table_iv"]["paper"][s][d] for s in ("all", "extreme")},
+                 "(the reference: 4,500 AffectNet faces x 49 labels, 96x96, their regressors)"),
         ]
         for m in modes:
-            lines.append(_row(f"ours, mode `{m}`", {s: t4["modes"][m][s][d] for s in ("all", "extreme")}))
-        lines.append(_row("ours, no edit (input as is)", {s: t4["unedited"][s][d] for s in ("all", "extreme")}))
+            lines.append(_row(f"ours, mode `{m}`", {s: t4["modes"][m][s][d] for s in ("all", "extreme")}, ours_t4))
+        lines.append(_row("ours, no edit (input as is)", {s: t4["unedited"][s][d] for s in ("all", "extreme")},
+                          "no: the floor of an editor that changes nothing"))
+        lines.append("")
+    if r["labels"].get("train_range"):
+        n_in = len(r["labels"].get("in_range") or [])
+        lines += [
+            f"**Targets inside the training label range** ({n_in} of {r['labels']['count']} labels, "
+            f"{t4.get('in_range_edits')} edits per mode; the paper reports no such subset)",
+            "",
+            "| | valence RMSE | valence SAGR | valence CCC | arousal RMSE | arousal SAGR | arousal CCC | comparable to the paper? |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        rows = [(f"ours, mode `{m}`", t4["modes"][m]) for m in modes] + [("ours, no edit (input as is)", t4["unedited"])]
+        for name, sc in rows:
+            sub = sc.get("in_range")
+            cells = [_f(sub[d][k]) if sub else "n/a" for d in DIMENSIONS for k in ("rmse", "sagr", "ccc")]
+            lines.append(f"| {name} | " + " | ".join(cells) + " | no: a subset the paper does not report |")
         lines.append("")
     lines += [
         ("Extreme labels: |valence| = 1 and |arousal| = 1, the four corners of the grid (the paper's "
@@ -122,11 +184,22 @@ def _markdown(r: dict) -> str:
 
     if r.get("identity"):
         idt = r["identity"]
+        trained = idt.get("trained_against")
+        caveat = {
+            True: ("**This model's identity loss was computed with the same dlib network** (its stage outputs and this "
+                   "descriptor): the edits were optimised to keep exactly this distance small, so the share below is "
+                   "optimistic by construction and is not an independent measure of identity. No face-recognition "
+                   "network independent of training is available here (facenet-pytorch's wheel ships only its MTCNN "
+                   "detector; its recognition weights are downloaded at run time, which this project does not do)."),
+            False: ("The model was not trained against dlib's network (its identity loss used another network, or "
+                    "none), so this measure is independent of its training."),
+            None: "Which network the model's identity loss used is not recorded with the weights.",
+        }[trained]
         lines += [
             "## Identity preservation",
             "",
             (f"Euclidean distance between the dlib descriptors of the input crop and the edit; "
-            f"below {idt['threshold']} = the same person by dlib's rule."),
+            f"below {idt['threshold']} = the same person by dlib's rule. " + caveat),
             "",
             ("| mode | mean distance | median | 95th pct | same person (all) | same person (extreme) | "
             "same person (label (0, 0)) |"),
@@ -180,6 +253,10 @@ def _markdown(r: dict) -> str:
                   "Input, then 5 x 5 labels: arousal high to low left to right, valence high to low top to bottom.", ""]
         for m, f in r["figures"]["fig3"].items():
             lines += [f"![examples, mode {m}]({f})", ""]
+    if r.get("notes"):
+        lines += ["## Notes", ""]
+        for note in r["notes"]:
+            lines += [note, ""]
     t = r["timings"]
     lines += ["## Timings", "", ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()), ""]
     return "\n".join(lines)

@@ -51,6 +51,11 @@ def _register_evaluate(subparsers) -> None:
     parser.add_argument("--offset", type=int, default=0,
                         help="the part of the identities to take faces from, 0-3 (default: 0, the report's); choose "
                         "settings with --offset 3 (calibration) and report with 0: no person is in both, for any --faces")
+    parser.add_argument("--train-labels", metavar="CACHE", default=None,
+                        help="the training cache: Table IV also scores the targets inside its labels' span separately "
+                        "(targets outside it are labels the model and regressors never saw)")
+    parser.add_argument("--note", action="append", default=[], metavar="TEXT",
+                        help="a Markdown paragraph for the end of the report (repeatable)")
     parser.add_argument("--batch-faces", type=int, default=8,
                         help="faces edited per batch (each to every label; default: 8)")
     parser.add_argument("--no-identity", action="store_true",
@@ -80,7 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError("--modes is empty; pass e.g. --modes residual,paper")
     result = evaluate(args.checkpoint, args.data, args.regressors, args.output, faces=args.faces, modes=modes,
                       grid=args.grid, examples=args.examples, batch_faces=args.batch_faces, offset=args.offset,
-                      identity=not args.no_identity, device=args.device)
+                      identity=not args.no_identity, device=args.device, train_labels=args.train_labels, notes=args.note)
     out = Path(args.output)
     print(f"wrote {out / 'README.md'} and {out / 'metrics.json'} "
           f"({result['data']['faces']} faces x {result['labels']['count']} labels, step {result['checkpoint']['step']})")
