@@ -464,6 +464,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     targets = np.tile(labels, (n, 1))  # face-major, label-minor: the order of the predictions
     result: dict = {
         "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S,
+                       "head": getattr(getattr(getattr(editor, "config", None), "model", None), "head", None),
                        "label_range": editor.edit_config.label_range,
                        "edit": dataclasses.asdict(editor.edit_config)},
         "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist(),

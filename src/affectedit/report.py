@@ -95,7 +95,10 @@ def _markdown(r: dict) -> str:
         f"-> {t4['edits']} edits per mode, {t4['extreme_edits']} for extreme labels. Edit modes: "
         + ", ".join(f"`{m}`" for m in modes) + ". Settings a mode does not name are those stored with the weights: "
         + ", ".join(f"{k} {v}" for k, v in ck.get("edit", {}).items() if k != "label_range")
-        + " (`paper`: the face replaced by x_gen = G(E(x), y), as Lindt et al.; `residual`: x + S (G(E(x), y) - "
+        + (" (`paper`: the crop replaced by the output G(E(x), y) as a whole, as Lindt et al. use G; for this warp-head "
+           "model that is the input's pixels moved and repainted over the whole crop, not the paper's pixel generator"
+           if ck.get("head") == "warp" else " (`paper`: the face replaced by x_gen = G(E(x), y), as Lindt et al.")
+        + "; `residual`: x + S (G(E(x), y) - "
         "G(E(x), y_x)), y_x the label the face already shows (estimated), with colour `keep` only the brightness "
         "(BT.601 luma) of that change, the same in R, G and B; `warp`: the input's pixels moved by the warp "
         "head's flow and repainted where its mask says; `@S`: strength S; `+mask`: the edit blended into x with "
