@@ -29,10 +29,12 @@ connection that has not sent a request line and headers within ``header_timeout`
 at most ``max_connections`` connections (uvicorn answers 503 beyond); at most ``max_buffered``
 bytes of request bodies held in memory at once. Bodies are read asynchronously, so slow clients
 hold a socket and a few kB, never a thread: they cannot starve the others. The model runs one job
-at a time in one worker thread (parallel CPU inference would only fight over the same cores, and
-one decoded photo at a time bounds memory), behind a bounded queue (``max_pending`` jobs; more
-are told to retry with 503), previews first: a preview is a few milliseconds of model time and
-the person dragging the dial is waiting for it.
+at a time in one worker thread (parallel CPU inference would only fight over the same cores),
+behind a bounded queue (``max_pending`` jobs; more are told to retry with 503), previews first: a
+preview is a few milliseconds of model time and the person dragging the dial is waiting for it.
+Decoding an upload and finding its faces (PIL and dlib, which release the GIL) run on a second
+thread with its own bounded queue, so that on a 2-core machine a new upload does not stall
+everyone's previews.
 """
 from __future__ import annotations
 
@@ -72,8 +74,8 @@ MAX_PENDING = 32
 #: Longest side of the live preview, in pixels.
 PREVIEW_SIDE = 640
 #: Photos kept for live editing (least recently used dropped first), and their pixels in all.
-MAX_PHOTOS = 8
-MAX_PHOTO_PIXELS = 120_000_000
+MAX_PHOTOS = 64
+MAX_PHOTO_PIXELS = 100_000_000
 #: Formats decoded; anything else PIL recognises (PSD, EPS, ...) is refused as "not a photo".
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF", "TIFF": "TIFF", "MPO": "JPEG"}
 #: An oversize body is read and discarded up to this many bytes so the client sees the 413 (closing
@@ -258,7 +260,7 @@ class Photo:
     rgb: Image.Image
     fmt: str                  # "JPEG" or "PNG": the answer's format
     faces: list
-    codes: object             # editor.FaceCodes of all faces
+    codes: object             # editor.FaceCodes of all faces (their aligned crops until encoded)
     small: Image.Image        # RGB, longest side <= PREVIEW_SIDE
     small_faces: list
     original: bytes = b""     # the unedited small copy, JPEG
@@ -304,12 +306,11 @@ class Engine:
         edited = self.editor.edit(photo, valence, arousal, **options)
         return encode_image(edited, fmt), fmt
 
-    def prepare(self, data: bytes, photo_id: str) -> Photo:
-        """Decode an upload, find and encode its faces, make the preview-size copy."""
+    def find_faces(self, data: bytes, photo_id: str) -> Photo:
+        """Decode an upload, find and align its faces, make the preview-size copy (no model: runs
+        on the preparation thread, beside the model's). ``codes`` is still the aligned crops."""
         if not self.live:
             raise HTTPError(501, "this editor supports only POST /api/edit")
-        import torch
-
         from affectedit.faces import align_faces_batch, detect_faces
         from affectedit.images import normalize
 
@@ -320,9 +321,6 @@ class Engine:
         if not faces:
             raise UserError("no face found in this photo; use a photo with a clearly visible, roughly frontal face")
         x = normalize(align_faces_batch(rgb, faces, self.editor.image_size))
-        residual = getattr(getattr(self.editor, "edit_config", None), "mode", "") == "residual"
-        with torch.inference_mode():
-            codes = self.editor.encode_faces(x, own=residual)
         scale = min(1.0, PREVIEW_SIDE / max(rgb.size))
         if scale < 1.0:
             size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
@@ -331,9 +329,22 @@ class Engine:
             small_faces = [_scaled_face(f, sx, sy) for f in faces]
         else:
             small, small_faces = rgb, faces
-        entry = Photo(photo_id, photo, rgb, fmt, faces, codes, small, small_faces)
+        entry = Photo(photo_id, photo, rgb, fmt, faces, x, small, small_faces)
         entry.original = encode_image(small, "JPEG", quality=88)
         return entry
+
+    def encode_faces(self, entry: Photo) -> Photo:
+        """E(x) of the photo's aligned faces, once (the model thread)."""
+        import torch
+
+        residual = getattr(getattr(self.editor, "edit_config", None), "mode", "") == "residual"
+        with torch.inference_mode():
+            entry.codes = self.editor.encode_faces(entry.codes, own=residual)
+        return entry
+
+    def prepare(self, data: bytes, photo_id: str) -> Photo:
+        """``find_faces`` then ``encode_faces``, in the calling thread."""
+        return self.encode_faces(self.find_faces(data, photo_id))
 
     def render(self, entry: Photo, valence: float, arousal: float, strength: float | None, face: int | None,
                preview: bool) -> tuple[bytes, str]:
@@ -361,7 +372,7 @@ class JobQueue:
     """One worker thread runs the jobs one at a time, the highest priority (lowest number) first,
     in arrival order within a priority; at most ``max_pending`` jobs queued or running."""
 
-    def __init__(self, max_pending: int):
+    def __init__(self, max_pending: int, name: str = "affectedit-model"):
         self.max_pending = int(max_pending)
         self.pending = 0  # touched only on the event loop's thread
         self.most_at_once = 0
@@ -369,7 +380,7 @@ class JobQueue:
         self._count = itertools.count()
         self._cv = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="affectedit-model", daemon=True)
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     async def run(self, priority: int, fn, *args):
@@ -712,6 +723,9 @@ def create_app(editor, emotions: dict | None = None, limits: Limits | None = Non
     static = load_static()
     engine = Engine(editor, limits)
     jobs = JobQueue(limits.max_pending)
+    # Decoding and face finding (dlib, PIL: they release the GIL) run on a second thread, so that
+    # on a 2-core machine a new upload does not hold up the previews of everyone else.
+    prep = JobQueue(limits.max_pending, name="affectedit-prepare")
     photos = PhotoStore(limits.max_photos)
     reader = BodyReader(limits)
 
@@ -751,7 +765,8 @@ def create_app(editor, emotions: dict | None = None, limits: Limits | None = Non
 
     async def upload_photo(request: Request) -> Response:
         async with reader.read(request) as upload:
-            entry = await jobs.run(UPLOAD, engine.prepare, upload.data, secrets.token_urlsafe(12))
+            entry = await prep.run(0, engine.find_faces, upload.data, secrets.token_urlsafe(12))
+        entry = await jobs.run(PREVIEW, engine.encode_faces, entry)  # a few ms: do not queue it behind edits
         photos.add(entry)
         return JSONResponse({
             "id": entry.id,
@@ -802,7 +817,8 @@ def create_app(editor, emotions: dict | None = None, limits: Limits | None = Non
         Route("/api/photos/{id}/edit", render_route(False), methods=["GET"]),
     ], exception_handlers={HTTPError: on_http_error, UserError: on_user_error, 404: on_not_found, 405: on_not_found,
                            ClientDisconnect: on_disconnect, Exception: _on_crash})
-    app.state.jobs, app.state.photos, app.state.reader, app.state.engine, app.state.limits = jobs, photos, reader, engine, limits
+    app.state.jobs, app.state.prep, app.state.photos, app.state.reader = jobs, prep, photos, reader
+    app.state.engine, app.state.limits = engine, limits
     return Guard(app, loopback)
 
 
@@ -887,6 +903,7 @@ class WebServer:
         self._done.wait(timeout)
 
     def server_close(self) -> None:
+        self.app.app.state.prep.close()
         self.jobs.close()
         with contextlib.suppress(OSError):
             self.sock.close()
