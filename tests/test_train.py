@@ -200,33 +200,6 @@ def test_warm_start_copies_what_fits(tiny_cache, tmp_path):
     assert g["deconvs.10.weight"][:, :3].abs().max() == 0  # flow and mask still start at "no change"
 
 
-@pytest.mark.slow
-def test_expression_basis_from_real_faces(tmp_path):
-    """The basis appearance's directions from the real LFW/London training faces: one per expression,
-    left-right symmetric, and the smile direction brightens the mouth (teeth) relative to neutral."""
-    from affectedit.data.cache import prepare
-    from affectedit.train import expression_basis
-    from conftest import LONDON
-
-    cache = tmp_path / "london"
-    prepare(LONDON, "london", cache, split="train", size=32, progress=False)
-    from affectedit.data.cache import FaceCache
-
-    assert {"neutral", "happiness"} <= set(FaceCache(cache).emotions)
-    with pytest.raises(UserError, match="no surprise"):
-        expression_basis([cache])  # London has smiles only
-    lfw = tmp_path / "lfw"
-    from conftest import LABELS, LFW
-
-    prepare(LFW, "lfw", lfw, labels=LABELS, split="train", size=32, limit=400, progress=False)
-    b = expression_basis([lfw, cache])
-    assert b.shape == (4, 3, 32, 32) and torch.isfinite(b).all()
-    assert torch.allclose(b, b.flip(-1))
-    # the happiness direction: the mouth region (lower middle) gets brighter than the whole face does
-    mouth = b[0, :, 21:25, 12:20].mean()
-    assert mouth > b[0].mean() + 0.02
-
-
 # ---------------------------------------------------------------- mixed precision
 
 

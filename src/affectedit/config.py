@@ -9,7 +9,8 @@
   oversampled to equal counts (``train.sampling="classes"``, their ``fill_up_equally``). Where the
   code differs from the paper's text, the text is the default and the code an option:
   ``model.d_img_label_every_block=false`` (label into D_img's first block only),
-  ``loss.identity_norm=authors`` (each layer's mean divided by its H*W once more).
+  ``loss.identity_norm=authors`` (each layer's mean divided by its H*W once more). Not an option:
+  the authors' code taps VGG-Face's conv outputs before their ReLU; ``identity.VGGFace`` taps after it.
   VGG-Face's weights cannot be shipped: training asks for the file (``loss.identity_weights``),
   and ``--set loss.identity_backbone=dlib`` substitutes dlib's face-recognition ResNet.
 * ``cpu``: the bundled model's trunk. Exactly what it changes from ``paper``: 64x64 images;
@@ -51,6 +52,7 @@ class ModelConfig:
     head: str = "pixels"
     max_flow: float = 0.12               # warp head: bound on the flow, in units of half the crop side
     appearance: str = "free"             # warp head: "free" = mask A and colour C; "basis" = a change along fixed expression directions
+    motion: str = "free"                 # warp head: "free" = a coarse-to-fine flow; "basis" = a mix of the training faces' mean expression motions
 
 
 @dataclass

@@ -167,6 +167,10 @@ class WarpEncoder(Encoder):
 # The expressions of the "basis" appearance (model.appearance), in the basis' order.
 BASIS_EMOTIONS = ("happiness", "surprise", "sadness", "anger")
 
+# The largest multiple of a mean expression motion the "basis" motion may use (the mean over many
+# people of a crowd-labelled expression is milder than a clear one).
+MOTION_RANGE = 3.0
+
 # The edit fades in over this distance between the asked label and the face's own (y_src): asking
 # a face for the expression it shows changes nothing, by construction.
 GATE = 0.25
@@ -198,11 +202,18 @@ class WarpGenerator(Generator):
         self.appearance = cfg.appearance
         if cfg.appearance == "basis":
             # New appearance only along K fixed expression directions (the mean aligned face of each
-            # expression minus the same people's neutral face, see train.expression_basis), with
+            # expression minus the same people's neutral face, see basis.appearance_basis), with
             # per-face coefficients in [-1.5, 1.5]: shading, teeth and folds as real faces show them,
             # never a pattern of the generator's own.
             self.register_buffer("basis", torch.zeros(len(BASIS_EMOTIONS), 3, cfg.image_size, cfg.image_size))
             self.alpha = nn.Linear(self.side * self.side * self.fc_channels + 4, len(BASIS_EMOTIONS))
+        self.motion = cfg.motion
+        if cfg.motion == "basis":
+            # Motion only along the training faces' mean expression motions (upper and lower face of
+            # each expression, see affectedit.basis.motion_basis), with per-face coefficients in
+            # [-MOTION_RANGE, MOTION_RANGE]: smooth, human geometry by construction.
+            self.register_buffer("motion_basis", torch.zeros(2 * len(BASIS_EMOTIONS), 2, cfg.image_size, cfg.image_size))
+            self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, 2 * len(BASIS_EMOTIONS))
 
     def reset_fields(self) -> None:
         """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
@@ -231,8 +242,12 @@ class WarpGenerator(Generator):
                 coarse = self.coarse(h)
         size = h.shape[-2:]
         gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
-        coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
+        if self.motion == "basis":
+            beta = MOTION_RANGE * torch.tanh(self.beta(torch.cat([trunk.flatten(1), cond], dim=1)))
+            flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
+        else:
+            coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+            flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
         if self.appearance == "basis":
             alpha = 1.5 * torch.tanh(self.alpha(torch.cat([trunk.flatten(1), cond], dim=1)))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
@@ -330,6 +345,8 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
         raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
     if cfg.appearance not in ("free", "basis"):
         raise ValueError(f"model.appearance must be 'free' or 'basis', got {cfg.appearance!r}")
+    if cfg.motion not in ("free", "basis"):
+        raise ValueError(f"model.motion must be 'free' or 'basis', got {cfg.motion!r}")
     models = {
         "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),

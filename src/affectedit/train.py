@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affectedit.basis import appearance_basis, motion_basis
 from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from affectedit.config import Config
 from affectedit.data.labels import CIRCUMPLEX
@@ -56,6 +57,13 @@ SAMPLE_LABELS = [(0.9, 0.5, "happy"), (0.7, -0.6, "relaxed"), (-0.7, -0.5, "sad"
 
 class TrainingDiverged(UserError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _kept(ckpt_path: Path, last_saved: int, out_dir) -> str:
+    """What a stop leaves behind: the last good checkpoint, or that none was written yet."""
+    if ckpt_path.is_file():
+        return f"the last good checkpoint (step {last_saved}) is kept in {out_dir}"
+    return f"no checkpoint was saved yet (none is kept in {out_dir}; the first is written at train.checkpoint_every)"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -104,44 +112,6 @@ def sample_targets(n: int, generator: torch.Generator, anchor_share: float = 0.5
     disc = torch.stack([r * torch.cos(t), r * torch.sin(t)], 1)
     use_anchor = torch.rand(n, generator=generator) < anchor_share
     return torch.where(use_anchor[:, None], pick, disc).clamp(-1, 1)
-
-
-def expression_basis(caches, min_pairs: int = 10) -> torch.Tensor:
-    """The appearance directions of the warp head's "basis" appearance: for each expression of
-    ``networks.BASIS_EMOTIONS``, the mean aligned face showing it minus the neutral face of the same
-    people (averaged over the identities that have both, so that who they are cancels; over all
-    faces when fewer than ``min_pairs`` identities have both), made left-right symmetric, reduced to
-    its brightness (BT.601 luma, equal in R, G, B) and centred on 0. K x 3 x S x S in [-1, 1] units."""
-    from affectedit.data.cache import FaceCache
-    from affectedit.networks import BASIS_EMOTIONS
-    from affectedit.warp import luma_change
-
-    sums: dict = {}
-    for path in caches:
-        cache = FaceCache(path)
-        for i, (emo, ident) in enumerate(zip(cache.emotions, cache.identities)):
-            key = (ident, emo)
-            img = torch.from_numpy(np.asarray(cache.images[i], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
-            total, count = sums.get(key, (0, 0))
-            sums[key] = (total + img, count + 1)
-    means = {k: t / c for k, (t, c) in sums.items()}
-    out = []
-    for emo in BASIS_EMOTIONS:
-        pairs = [means[(ident, emo)] - means[(ident, "neutral")] for ident, e in means if e == emo and (ident, "neutral") in means]
-        if len(pairs) >= min_pairs:
-            d = torch.stack(pairs).mean(0)
-        else:
-            pos = [m for (ident, e), m in means.items() if e == emo]
-            neu = [m for (ident, e), m in means.items() if e == "neutral"]
-            if not pos or not neu:
-                raise UserError(f"the training data has no {emo} or no neutral faces, which the basis appearance needs")
-            d = torch.stack(pos).mean(0) - torch.stack(neu).mean(0)
-        d = (d + d.flip(-1)) / 2
-        # brightness only, without its mean: the photos of one expression are on average darker or
-        # warmer than others (a bias of the data set, not of the face); the local structure stays
-        d = luma_change(d)
-        out.append(d - d.mean())
-    return torch.stack(out)
 
 
 def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -302,9 +272,14 @@ def train(
         copied = warm_start(models, tc.init_from)
         if accelerator.is_main_process:
             print(f"warm start from {tc.init_from}: {len(copied)} E/G tensors copied")
-    if warp and mc.appearance == "basis" and not (resume and ckpt_path.exists()):
-        extra_cache = [tc.extra_data] if tc.extra_data else []
-        models["generator"].basis.copy_(expression_basis([data, *extra_cache]))
+    if warp and not (resume and ckpt_path.exists()):
+        caches = [data, *([tc.extra_data] if tc.extra_data else [])]
+        if mc.appearance == "basis":
+            models["generator"].basis.copy_(appearance_basis(caches))
+        if mc.motion == "basis":
+            if accelerator.is_main_process:
+                print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")
+            models["generator"].motion_basis.copy_(motion_basis(caches))
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
@@ -384,8 +359,8 @@ def train(
             for k, m in unwrapped.items():  # never replace the last good checkpoint by a diverged one
                 if not all(torch.isfinite(t).all() for t in m.state_dict().values() if t.is_floating_point()):
                     raise TrainingDiverged(
-                        f"the {k} weights became NaN or infinite by step {step}; the last good checkpoint (step {last_saved}) "
-                        f"is kept in {out_dir}. Resume with a lower train.lr or train.mixed_precision=no")
+                        f"the {k} weights became NaN or infinite by step {step}; {_kept(ckpt_path, last_saved, out_dir)}. "
+                        "Resume with a lower train.lr or train.mixed_precision=no")
             with deferred_interrupt():  # Ctrl-C while saving: finish the file, then stop
                 save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
         last_saved = step
@@ -471,7 +446,7 @@ def train(
                               loss_expr, loss_reg, loss_tid]).detach().float()
         if not torch.isfinite(values).all():
             raise TrainingDiverged(
-                f"a loss became NaN or infinite at step {step}; the last good checkpoint (step {last_saved}) is kept in {out_dir}. "
+                f"a loss became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}. "
                 "Resume with a lower train.lr or train.mixed_precision=no"
             )
         step_optimizers(accelerator, opt_eg)

@@ -1,0 +1,158 @@
+"""Expression directions measured on the training faces, for the warp head's fixed bases.
+
+``appearance_basis``: for each expression of ``networks.BASIS_EMOTIONS``, the mean aligned face
+showing it minus the same people's neutral face (teeth, folds, shading; brightness only).
+
+``motion_basis``: how the face's shape moves for each expression: dlib's 68 landmarks on every
+aligned training face, each person's mean expression landmarks minus their mean neutral ones,
+averaged over people, then spread into a smooth dense flow (Gaussian radial basis functions through
+the landmarks, left-right symmetric), separately for the upper face (brows, eyes, nose) and the
+lower face (mouth, jaw) so that G can mix, say, a smile's mouth with surprise's brows. The warp
+head then moves pixels only along these real expression motions (``model.motion="basis"``): a
+per-face combination of average human expression geometry can exaggerate or soften an
+expression, never twist an eyelid.
+
+Both are computed once, before training, from the training caches, and stored in the model as
+buffers (so the bundled weights carry them)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from affectedit.errors import UserError
+
+__all__ = ["LOWER", "UPPER", "appearance_basis", "face_landmarks", "motion_basis", "rbf_flow"]
+
+# dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
+UPPER = tuple(range(17, 48))
+LOWER = tuple(range(0, 17)) + tuple(range(48, 68))
+_UPSCALE = 4  # the 68-point predictor works on the aligned crop enlarged 4x (256 px for 64 px faces)
+
+
+def _paired_means(values: dict, emotions, min_pairs: int, what: str) -> list:
+    """For each emotion: the mean over people of (their mean with it - their neutral mean); over all
+    faces when fewer than ``min_pairs`` people have both. ``values``: {(identity, emotion): (sum, count)}."""
+    means = {k: t / c for k, (t, c) in values.items()}
+    out = []
+    for emo in emotions:
+        pairs = [means[(ident, emo)] - means[(ident, "neutral")] for ident, e in means if e == emo and (ident, "neutral") in means]
+        if len(pairs) >= min_pairs:
+            out.append(sum(pairs) / len(pairs))
+            continue
+        pos = [m for (ident, e), m in means.items() if e == emo]
+        neu = [m for (ident, e), m in means.items() if e == "neutral"]
+        if not pos or not neu:
+            raise UserError(f"the training data has no {emo} or no neutral faces, which the {what} basis needs")
+        out.append(sum(pos) / len(pos) - sum(neu) / len(neu))
+    return out
+
+
+def appearance_basis(caches, min_pairs: int = 10) -> torch.Tensor:
+    """The appearance directions of the warp head's "basis" appearance: for each expression of
+    ``networks.BASIS_EMOTIONS``, the mean aligned face showing it minus the neutral face of the same
+    people (averaged over the identities that have both, so that who they are cancels; over all
+    faces when fewer than ``min_pairs`` identities have both), made left-right symmetric, reduced to
+    its brightness (BT.601 luma, equal in R, G, B) and centred on 0. K x 3 x S x S in [-1, 1] units."""
+    from affectedit.data.cache import FaceCache
+    from affectedit.networks import BASIS_EMOTIONS
+    from affectedit.warp import luma_change
+
+    sums: dict = {}
+    for path in caches:
+        cache = FaceCache(path)
+        for i, (emo, ident) in enumerate(zip(cache.emotions, cache.identities)):
+            key = (ident, emo)
+            img = torch.from_numpy(np.asarray(cache.images[i], dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1
+            total, count = sums.get(key, (0, 0))
+            sums[key] = (total + img, count + 1)
+    out = []
+    for d in _paired_means(sums, BASIS_EMOTIONS, min_pairs, "appearance"):
+        d = (d + d.flip(-1)) / 2
+        # brightness only, without its mean: the photos of one expression are on average darker or
+        # warmer than others (a bias of the data set, not of the face); the local structure stays
+        d = luma_change(d)
+        out.append(d - d.mean())
+    return torch.stack(out)
+
+
+def face_landmarks(crops: np.ndarray) -> np.ndarray:
+    """dlib's 68 landmarks (N x 68 x 2, crop pixels, NaN where no face was found) of aligned face
+    crops (N x S x S x 3 uint8), found on the crop enlarged 4x with dlib's frontal detector."""
+    from PIL import Image
+
+    from affectedit.faces import _dlib, dlib_model_file
+
+    dlib = _dlib()
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+    out = np.full((len(crops), 68, 2), np.nan)
+    for i, crop in enumerate(crops):
+        size = crop.shape[0] * _UPSCALE
+        big = np.asarray(Image.fromarray(np.asarray(crop)).resize((size, size), Image.BICUBIC).convert("L"))
+        found = detector(big, 0)
+        if not len(found):
+            continue
+        shape = predictor(big, found[0])
+        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        out[i] = (pts + 0.5) / _UPSCALE - 0.5  # enlarged-crop pixel centres -> crop pixels
+    return out
+
+
+def rbf_flow(points: np.ndarray, moves: np.ndarray, size: int, sigma: float = 4.0, ridge: float = 1e-2) -> np.ndarray:
+    """A smooth backward flow (2 x size x size, grid_sample units) that carries the content at
+    ``points`` (K x 2, crop pixels, where it starts) by ``moves`` (K x 2 pixels): Gaussian radial basis
+    functions of width ``sigma`` pixels centred where the points arrive, solved so that the flow there
+    is -move (``warp_image`` reads x at p + flow(p)), with a small ridge; it fades to 0 far from them."""
+    centres = points + moves
+    d2 = ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+    gram = np.exp(-d2 / (2 * sigma**2))
+    weights = np.linalg.solve(gram + ridge * np.eye(len(centres)), -moves)  # K x 2
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    grid = np.stack([xs.ravel(), ys.ravel()], 1)  # (x, y) per pixel
+    kern = np.exp(-((grid[:, None, :] - centres[None]) ** 2).sum(-1) / (2 * sigma**2))  # P x K
+    flow = (kern @ weights).T.reshape(2, size, size)  # pixels
+    return flow * (2.0 / size)  # grid_sample units (align_corners=False)
+
+
+def _symmetric(flow: np.ndarray) -> np.ndarray:
+    """Left-right symmetric flow: the mean of the field and its mirror image (x component negated)."""
+    mirror = flow[:, :, ::-1].copy()
+    mirror[0] *= -1
+    return (flow + mirror) / 2
+
+
+def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0, progress: bool = False) -> torch.Tensor:
+    """The motion directions of the warp head's "basis" motion: for each expression of
+    ``networks.BASIS_EMOTIONS`` (in order) the upper-face then the lower-face flow of its mean
+    landmark movement from the same people's neutral face (see the module's docstring).
+    2K x 2 x S x S, grid_sample units."""
+    from affectedit.data.cache import FaceCache
+    from affectedit.networks import BASIS_EMOTIONS
+
+    wanted = {*BASIS_EMOTIONS, "neutral"}
+    sums: dict = {}
+    size = None
+    for path in caches:
+        cache = FaceCache(path)
+        size = cache.size
+        idx = [i for i, e in enumerate(cache.emotions) if e in wanted]
+        lms = face_landmarks(np.asarray(cache.images[idx]) if idx else np.zeros((0, size, size, 3), np.uint8))
+        for i, lm in zip(idx, lms):
+            if np.isnan(lm).any():
+                continue
+            key = (cache.identities[i], cache.emotions[i])
+            total, count = sums.get(key, (0, 0))
+            sums[key] = (total + lm, count + 1)
+    if size is None:
+        raise UserError("no training cache given for the motion basis")
+    neutral = [t / c for (ident, e), (t, c) in sums.items() if e == "neutral"]
+    if not neutral:
+        raise UserError("the training data has no neutral faces with landmarks, which the motion basis needs")
+    rest = np.mean(neutral, 0)  # the mean neutral face's landmarks: where the moves start
+    out = []
+    for move in _paired_means(sums, BASIS_EMOTIONS, min_pairs, "motion"):
+        for part in (UPPER, LOWER):
+            pinned = move.copy()
+            pinned[[i for i in range(68) if i not in part]] = 0.0  # the other part stays where it is
+            out.append(_symmetric(rbf_flow(rest, pinned, size, sigma)))
+    return torch.from_numpy(np.stack(out)).float()
