@@ -63,18 +63,74 @@ def test_edit_folder_with_a_corrupt_file(ck, tmp_path, capsys):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (folder / "notes.txt").write_text("not an image, not counted")
     out = tmp_path / "out"
-    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 1
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 2
     captured = capsys.readouterr()
     assert (out / "a.jpg").is_file() and (out / "sub" / "b.jpg").is_file()
     assert not (out / "broken.jpg").exists() and not (out / "notes.txt").exists()
     problems = [line for line in captured.err.splitlines() if "broken.jpg" in line]
-    assert len(problems) == 1 and "Traceback" not in captured.err
-    assert "2 of 3" in captured.out
-    # rerun: existing outputs are failures without --force, and are redone with it
-    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert len(problems) == 1 and problems[0].startswith("affectedit: failed ") and "Traceback" not in captured.err
+    assert "edited 2 of 3 photos" in captured.out and "failed 1" in captured.out
+    # rerun: existing outputs are reported as skipped, not failed; the broken file fails again
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 2
+    captured = capsys.readouterr()
+    assert "edited 0 of 3" in captured.out and "skipped 2" in captured.out and "failed 1" in captured.out
+    assert sum("skipped" in line and "already exists" in line for line in captured.err.splitlines()) == 2
     (folder / "broken.jpg").unlink()
+    assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), *ck]) == 0  # all there: nothing failed
+    assert "skipped 2" in capsys.readouterr().out
     assert main(["edit", str(folder), "--emotion", "happy", "-o", str(out), "--force", *ck]) == 0
+    assert "edited 2 of 2" in capsys.readouterr().out
+
+
+def test_default_output_beside_the_input(ck, tmp_path, capsys):
+    src = tmp_path / "photo.jpg"
+    shutil.copy(PORTRAIT, src)
+    assert main(["edit", str(src), "--emotion", "happy", *ck]) == 0
+    assert (tmp_path / "photo.happy.jpg").is_file()
+    assert "wrote " + str(tmp_path / "photo.happy.jpg") in capsys.readouterr().out
+    before = (tmp_path / "photo.happy.jpg").read_bytes()
+    assert main(["edit", str(src), "--emotion", "happy", *ck]) == 2  # never overwritten without --force
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "photo.happy.jpg").read_bytes() == before
+    assert main(["edit", str(src), "--valence", "0.5", "--arousal", "-0.25", *ck]) == 0
+    assert (tmp_path / "photo.v0.5_a-0.25.jpg").is_file()
+    folder = tmp_path / "album"
+    folder.mkdir()
+    shutil.copy(PORTRAIT, folder / "a.jpg")
+    assert main(["edit", str(folder), "--emotion", "sad", *ck]) == 0
+    assert (tmp_path / "album.sad" / "a.jpg").is_file()
+    assert main(["grid", str(src), "-n", "2", *ck]) == 0 and (tmp_path / "photo.grid.png").is_file()
+    assert main(["animate", str(src), "--path", "0,0 1,0", "--fps", "2", "--size", "64", *ck]) == 0
+    with Image.open(tmp_path / "photo.animation.gif") as gif:
+        assert sum(gif.seek(i) or gif.info["duration"] for i in range(gif.n_frames)) == 3 * 500
+
+
+def test_faces_found_and_edited_are_reported(ck, tmp_path, capsys):
+    collage = Image.new("RGB", (1280, 640), (128, 128, 128))
+    for i, p in enumerate([PORTRAIT, PORTRAIT2]):
+        collage.paste(Image.open(p).convert("RGB").resize((640, 640)), (640 * i, 0))
+    src = tmp_path / "two.png"
+    collage.save(src)
+    assert main(["edit", str(src), "--emotion", "happy", *ck]) == 0
+    assert "(2 faces found and edited)" in capsys.readouterr().out
+    assert main(["edit", str(src), "--emotion", "happy", "--max-faces", "1", "-o", str(tmp_path / "one.png"), *ck]) == 0
+    assert "2 faces found, 1 edited (--max-faces 1)" in capsys.readouterr().out
+    assert main(["edit", str(src), "--emotion", "happy", "--max-faces", "0", "-o", str(tmp_path / "x.png"), *ck]) == 2
+    assert "--max-faces must be at least 1" in capsys.readouterr().err
+
+
+def test_mp4_is_h264_and_every_frame_reads_back(ck, tmp_path):
+    import imageio_ffmpeg
+
+    out = tmp_path / "a.mp4"
+    assert main(["animate", str(PORTRAIT), "--path", "0,0 happy", "--fps", "4", "--size", "96", "-o", str(out), *ck]) == 0
+    reader = imageio_ffmpeg.read_frames(str(out))
+    meta = next(reader)
+    assert "h264" in meta["codec"] and meta["size"] == (96, 96)
+    assert sum(1 for _ in reader) == 5
+    import subprocess
+
+    info = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-i", str(out)], capture_output=True, text=True).stderr
+    assert "yuv420p" in info  # the pixel format browsers play
 
 
 def test_edit_option_errors(ck, tmp_path, capsys):

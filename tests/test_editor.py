@@ -323,10 +323,10 @@ def test_animate_gif_and_mp4(colour_editor, tmp_path):
 
 def test_animation_frames_are_the_edits_of_the_photo(editor, tmp_path, monkeypatch):
     """Each frame is the photo edited to the frame's label, by the same edit as ``edit``."""
-    from affectedit import figures
+    from affectedit import images
 
     frames = []
-    monkeypatch.setattr(figures, "write_animation", lambda path, f, fps: frames.extend(f))
+    monkeypatch.setattr(images, "write_animation", lambda path, f, fps, force=True: frames.extend(f))
     photo = Image.open(PORTRAIT).convert("RGB").crop((0, 0, 674, 674))  # even sides: the frames' own size
     editor.animate(photo, [(0.8, 0.5), (-0.5, 0.2)], tmp_path / "a.gif", fps=1, size=None)
     assert len(frames) == 2

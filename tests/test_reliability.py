@@ -23,7 +23,7 @@ from PIL import Image
 
 from affectedit.cli import main
 from affectedit.errors import UserError
-from test_editor import PORTRAIT
+from test_editor import PORTRAIT, PORTRAIT2
 
 pytestmark = pytest.mark.skipif(not PORTRAIT.is_file(), reason="../shared/data not available")
 
@@ -321,13 +321,16 @@ def test_full_disk_keeps_the_old_file(ck, tmp_path, capsys, monkeypatch, command
             raise full
         monkeypatch.setattr(os, "replace", replace)
     else:
-        real_save = Image.Image.save
+        from affectedit import io as io_mod
 
-        def save(self, fp, *args, **kwargs):
-            real_save(self, fp, *args, **kwargs)  # half the bytes reach the disk, then it is full
-            Path(fp).write_bytes(Path(fp).read_bytes()[:100])
+        real_verify = io_mod._verify
+
+        def verify(tmp, path, size, check):  # 100 bytes reached the disk, then it was full
+            with open(tmp, "r+b") as f:
+                f.truncate(100)
             raise full
-        monkeypatch.setattr(Image.Image, "save", save)
+        monkeypatch.setattr(io_mod, "_verify", verify)
+        assert real_verify
     rc, _, err = cli(capsys, command, PORTRAIT, *extra, "-o", out, "--force", *ck)
     assert_one_line_error(rc, err, "disk full", "free some space")
     assert out.read_bytes() == b"the old result" and _no_temp_files(tmp_path)
@@ -350,7 +353,7 @@ def test_checkpoint_and_exported_weights_survive_a_crash_mid_write(tiny_checkpoi
     save_checkpoint(ckpt, models, {}, 7, cfg)
     weights = export_weights(ckpt, tmp_path / "weights")
     before = {p: p.read_bytes() for p in (ckpt, weights)}
-    real_save, real_write = torch.save, Path.write_bytes
+    real_save = torch.save
 
     def half_then_die(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
@@ -358,14 +361,16 @@ def test_checkpoint_and_exported_weights_survive_a_crash_mid_write(tiny_checkpoi
         Path(f.name).write_bytes(Path(f.name).read_bytes()[:1000])
         raise RuntimeError("killed mid-write")
 
-    def write_half_then_die(self, data):
-        real_write(self, data[: len(data) // 2])
+    def write_half_then_die(fd, data):
+        os.write(fd, data[: len(data) // 2])
         raise RuntimeError("killed mid-write")
 
     monkeypatch.setattr(torch, "save", half_then_die)
     with pytest.raises(RuntimeError):
         save_checkpoint(ckpt, models, {}, 8, cfg)
-    monkeypatch.setattr(Path, "write_bytes", write_half_then_die)
+    from affectedit import io as io_mod
+
+    monkeypatch.setattr(io_mod, "_write", write_half_then_die)
     with pytest.raises(RuntimeError):
         export_weights(ckpt, tmp_path / "weights", force=True)
     monkeypatch.undo()
@@ -387,8 +392,8 @@ def test_prepared_cache_survives_a_crash_while_finishing(tmp_path, monkeypatch, 
     for victim in ("images.npy", "labels.npy", "meta.json"):  # the order prepare writes the finished cache in
 
         @contextlib.contextmanager
-        def dying(path, force=True, victim=victim):
-            with real_atomic(path, force) as tmp:
+        def dying(path, force=True, victim=victim, **kwargs):
+            with real_atomic(path, force, **kwargs) as tmp:
                 yield tmp
                 if Path(path).name == victim:  # written in full, killed before the rename
                     raise RuntimeError("killed mid-write")
@@ -444,3 +449,447 @@ def test_real_command_line(bad, tiny_checkpoint, tmp_path, case):
     assert r.returncode == 2 and r.stdout == ""
     assert_one_line_error(r.returncode, r.stderr)
     assert time.perf_counter() - t < 120
+
+
+# ----------------------------------------------------------------------------------- issue 16: verified writes
+#
+# A nearly full disk does not always raise: Pillow's C encoders ignore a short write() and leave a
+# truncated file without an error. Two injections cover both kinds, at many "free space" levels:
+# - silent: every byte beyond N never reached the disk, and nobody said so (the temporary file is
+#   cut to N bytes after its writer returned, before the checks);
+# - loud: the os.write seam of affectedit.io writes at most N bytes, shortly, then fails with ENOSPC.
+
+
+def _silently_cut_at(monkeypatch, level):
+    """Cut every written temporary file to ``level(size)`` bytes before it is checked."""
+    from affectedit import io as io_mod
+
+    real_verify = io_mod._verify
+
+    def verify(tmp, path, size, check):
+        n = os.path.getsize(tmp)
+        with open(tmp, "r+b") as f:
+            f.truncate(max(0, min(n - 1, level(n))))
+        return real_verify(tmp, path, size, check)
+    monkeypatch.setattr(io_mod, "_verify", verify)
+
+
+def _disk_with_room(monkeypatch, room: int):
+    """os.write of affectedit.io on a disk with ``room`` bytes left: short writes, then ENOSPC."""
+    from affectedit import io as io_mod
+
+    left = [room]
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), left[0], 4093)  # short writes of odd sizes
+        left[0] -= n
+        return os.write(fd, bytes(data[:n]))
+    monkeypatch.setattr(io_mod, "_write", write)
+
+
+LEVELS = [lambda n: 0, lambda n: 1, lambda n: 64, lambda n: n // 10, lambda n: n // 2, lambda n: n * 9 // 10,
+          lambda n: n - 2, lambda n: n - 1]
+SILENT = {"edit-jpg": ("edit", ["--emotion", "sad"], "out.jpg"), "edit-png": ("edit", ["--emotion", "sad"], "out.png"),
+          "grid": ("grid", ["-n", "2"], "out.png"), "gif": ("animate", ["--path", "0,0 1,0", "--fps", "2", "--size", "64"], "out.gif"),
+          "mp4": ("animate", ["--path", "0,0 1,0", "--fps", "2", "--size", "64"], "out.mp4")}
+
+
+@pytest.mark.parametrize("case", list(SILENT))
+def test_silently_short_write_never_replaces_the_file(ck, tmp_path, capsys, monkeypatch, case):
+    command, extra, name = SILENT[case]
+    out = tmp_path / name
+    for i, level in enumerate(LEVELS):
+        out.write_bytes(b"the old result")
+        with monkeypatch.context() as m:
+            _silently_cut_at(m, level)
+            rc, stdout, err = cli(capsys, command, PORTRAIT, *extra, "-o", out, "--force", *ck)
+        line = assert_one_line_error(rc, err, str(out), "the old file is untouched")
+        assert rc == 2 and "wrote" not in stdout, (i, line)
+        assert out.read_bytes() == b"the old result" and _no_temp_files(tmp_path), i
+    assert cli(capsys, command, PORTRAIT, *extra, "-o", out, "--force", *ck)[0] == 0  # and without the fault it works
+    assert out.read_bytes() != b"the old result"
+
+
+@pytest.mark.parametrize("room", [0, 1, 100, 4096, 20_000, 60_000, 200_000])
+def test_loudly_full_disk_never_replaces_the_file(ck, tmp_path, capsys, monkeypatch, room):
+    out = tmp_path / "out.png"
+    out.write_bytes(b"the old result")
+    _disk_with_room(monkeypatch, room)
+    rc, stdout, err = cli(capsys, "edit", PORTRAIT, "--emotion", "sad", "-o", out, "--force", *ck)
+    assert_one_line_error(rc, err, "disk full", "free some space", "the old file is untouched")
+    assert rc == 2 and out.read_bytes() == b"the old result" and _no_temp_files(tmp_path)
+
+
+def test_full_disk_in_a_folder_edit_keeps_every_old_file(ck, tmp_path, capsys, monkeypatch):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    for k in range(3):
+        Image.open(PORTRAIT).save(src / f"p{k}.jpg", quality=90)
+        (out / f"p{k}.jpg").write_bytes(b"old %d" % k)
+    _silently_cut_at(monkeypatch, lambda n: n // 3)
+    rc, stdout, err = cli(capsys, "edit", src, "--emotion", "happy", "-o", out, "--force", *ck)
+    assert rc == 2 and "edited 0 of 3" in stdout and "failed 3" in stdout and "Traceback" not in err
+    assert all((out / f"p{k}.jpg").read_bytes() == b"old %d" % k for k in range(3)) and _no_temp_files(out)
+
+
+@pytest.mark.parametrize("room", [0, 100, 5000, 100_000])
+def test_full_disk_while_saving_a_checkpoint_or_weights(tiny_checkpoint, tmp_path, monkeypatch, room):
+    from affectedit.checkpoint import load_checkpoint, models_from_checkpoint, save_checkpoint, save_weights
+
+    state = load_checkpoint(tiny_checkpoint)
+    cfg, models = models_from_checkpoint(state, ("encoder", "generator", "d_z", "d_img"))
+    ckpt = tmp_path / "checkpoint.pt"
+    ckpt.write_bytes(b"old checkpoint")
+    real_save = torch.save
+
+    class Limited:  # a file on a disk with `room` bytes left: Python raises ENOSPC, torch wraps it
+        def __init__(self, f):
+            self.f, self.left = f, room
+
+        def write(self, b):
+            if len(b) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(b)
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, Limited(f), *a, **k))
+        with pytest.raises(UserError, match="disk full while writing .*checkpoint.pt; free some space"):
+            save_checkpoint(ckpt, models, {}, 3, cfg)
+    with monkeypatch.context() as m:
+        _silently_cut_at(m, lambda n: room)
+        with pytest.raises(UserError, match="could not write .*checkpoint.pt completely"):
+            save_checkpoint(ckpt, models, {}, 3, cfg)
+    assert ckpt.read_bytes() == b"old checkpoint" and _no_temp_files(tmp_path)
+    weights = tmp_path / "w" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"old weights")
+    with monkeypatch.context() as m:
+        _disk_with_room(m, room)
+        with pytest.raises(UserError, match="disk full"):
+            save_weights(weights.parent, models, state["config"])
+    assert weights.read_bytes() == b"old weights" and _no_temp_files(weights.parent)
+
+
+def test_full_disk_during_training_is_one_line(tiny_cache, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def full(obj, f, *a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from OSError(errno.ENOSPC, "full")
+    monkeypatch.setattr(torch, "save", full)
+    rc, _, err = cli(capsys, "train", "--config", "tiny", "--data", tiny_cache, "--out", tmp_path / "run", "--steps", "1",
+                     "--set", "loss.identity=0", "--no-progress")
+    assert_one_line_error(rc, err, "disk full while writing", "checkpoint.pt")
+    assert rc == 2 and real_save
+
+
+# ----------------------------------------------------------------------------------- issue 16: folders and odd files
+
+
+def _broken_exif_jpeg(path: Path, image: Image.Image) -> None:
+    """A JPEG whose EXIF says "rotate 90 CW" and holds a mistyped tag (ResolutionUnit, a SHORT, stored
+    as ASCII): Pillow's ImageOps.exif_transpose raises struct.error re-writing it."""
+    entries = [(0x0112, 3, 1, struct.pack("<HH", 6, 0)), (0x0128, 2, 4, b"abc\x00")]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHI", t, ty, c) + v for t, ty, c, v in entries)
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    image.transpose(Image.Transpose.ROTATE_90).save(path, quality=92, exif=exif)
+
+
+def _fuzzed_tiff(path: Path) -> str:
+    """A TIFF of a real face with a few bytes of its header flipped, chosen so that Pillow raises
+    something other than OSError (TypeError, ValueError, ...). Returns that exception's name."""
+    import io as _io
+
+    base = _io.BytesIO()
+    Image.open(PORTRAIT).convert("RGB").resize((64, 64)).save(base, "TIFF")
+    base = base.getvalue()
+    off = int.from_bytes(base[4:8], "little")
+    import warnings
+
+    warnings.simplefilter("ignore")  # Pillow warns about each damaged tag (inside pytest's per-test catch)
+    for seed in range(5000):
+        r = np.random.default_rng(seed)
+        d = bytearray(base)
+        for _ in range(4):
+            d[int(r.integers(off, min(len(d), off + 200)))] = int(r.integers(0, 256))
+        try:
+            with Image.open(_io.BytesIO(bytes(d))) as im:
+                im.load()
+                im.getexif()
+                im.convert("RGB")
+        except (OSError, Image.DecompressionBombError):
+            continue
+        except Exception as e:  # noqa: BLE001 - the kind of failure we want
+            path.write_bytes(bytes(d))
+            return type(e).__name__
+    pytest.skip("no fuzzed TIFF that makes Pillow raise a non-OSError found")
+
+
+def test_the_odd_files_fail_in_plain_pillow(tmp_path):
+    """What the CLI used to trip over (status 1, `error: required argument is not an integer`)."""
+    import struct as _struct
+
+    from PIL import ImageOps
+
+    _broken_exif_jpeg(tmp_path / "exif.jpg", Image.open(PORTRAIT).convert("RGB"))
+    with Image.open(tmp_path / "exif.jpg") as im, pytest.raises(_struct.error):
+        ImageOps.exif_transpose(im)
+    assert _fuzzed_tiff(tmp_path / "fuzz.tif") not in ("OSError", "UnidentifiedImageError")
+
+
+def test_folder_with_broken_exif_and_fuzzed_tiff_edits_every_other_file(ck, tmp_path, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    portrait = Image.open(PORTRAIT).convert("RGB")
+    portrait.save(src / "a.jpg", quality=90)
+    _broken_exif_jpeg(src / "b_broken_exif.jpg", portrait.crop((0, 0, 675, 600)))
+    Image.open(PORTRAIT2).convert("RGB").save(src / "c.png")
+    kind = _fuzzed_tiff(src / "d_fuzzed.tif")
+    portrait.convert("L").save(src / "e_grey.jpg")
+    (src / "f_empty.jpg").write_bytes(b"")
+    portrait.save(src / "g.webp")
+    rc, stdout, err = cli(capsys, "edit", src, "--emotion", "happy", "-o", out, "--mode", "paper", *ck)
+    assert rc == 2 and "Traceback" not in err, err
+    failed = sorted(line.split(": ")[1].split("/")[-1] for line in err.splitlines() if line.startswith("affectedit: failed "))
+    assert failed == ["d_fuzzed.tif", "f_empty.jpg"], (kind, err)
+    assert "edited 5 of 7 photos" in stdout and "failed 2" in stdout
+    for name in ("a.jpg", "b_broken_exif.jpg", "c.png", "e_grey.jpg", "g.webp"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "b_broken_exif.jpg") as res:  # upright although its EXIF block is damaged
+        assert res.size == (675, 600)
+    # the single-file command: one line, status 2, for the fuzzed TIFF; the broken EXIF photo edits
+    rc, _, err = cli(capsys, "edit", src / "d_fuzzed.tif", "--emotion", "happy", "-o", tmp_path / "x.tif", *ck)
+    assert rc == 2
+    assert_one_line_error(rc, err, "cannot read", "d_fuzzed.tif")
+    assert cli(capsys, "edit", src / "b_broken_exif.jpg", "--emotion", "happy", "-o", tmp_path / "y.jpg", *ck)[0] == 0
+    # a rerun reports the existing outputs as skipped, not failed
+    rc, stdout, err = cli(capsys, "edit", src, "--emotion", "happy", "-o", out, *ck)
+    assert "edited 0 of 7" in stdout and "skipped 5" in stdout and "failed 2" in stdout
+
+
+# ----------------------------------------------------------------------------------- issue 16: every face
+
+
+def _collage30() -> tuple[Image.Image, list[tuple[int, int]]]:
+    """1536 x 1280: 30 real portraits (London set) in 256 px tiles, faces ~100 px wide."""
+    paths = sorted((LONDON / "neutral_front").glob("*.jpg"))[:15] + sorted((LONDON / "smiling_front").glob("*.jpg"))[:15]
+    out, tiles = Image.new("RGB", (1536, 1280), (128, 128, 128)), []
+    for i, p in enumerate(paths):
+        xy = ((i % 6) * 256, (i // 6) * 256)
+        out.paste(Image.open(p).convert("RGB").resize((256, 256), Image.LANCZOS), xy)
+        tiles.append(xy)
+    return out, tiles
+
+
+def test_collage_of_30_faces_gets_30_faces_edited(ck, tmp_path, capsys, tiny_checkpoint):
+    from affectedit.editor import Editor
+
+    collage, tiles = _collage30()
+    src, out = tmp_path / "group.png", tmp_path / "out.png"
+    collage.save(src)
+    t = time.perf_counter()
+    rc, stdout, err = cli(capsys, "edit", src, "--valence", "-0.8", "--arousal", "0.8", "--mode", "paper", "-o", out, *ck)
+    assert rc == 0, err
+    assert "(30 faces found and edited)" in stdout
+    a, b = np.asarray(collage), np.asarray(Image.open(out).convert("RGB"))
+    changed = [bool((a[y:y + 256, x:x + 256] != b[y:y + 256, x:x + 256]).any()) for x, y in tiles]
+    assert sum(changed) == 30, changed
+    assert time.perf_counter() - t < 60
+    # the API says so too, and --max-faces / max_faces bound it (largest first)
+    editor = Editor.from_checkpoint(tiny_checkpoint, device="cpu", mode="paper")
+    r = editor.edit(collage, emotion="sad", report=True)
+    assert (r.faces_found, r.faces_edited) == (30, 30)
+    r = editor.edit(collage, emotion="sad", max_faces=12, report=True)
+    assert (r.faces_found, r.faces_edited) == (30, 12)
+    rc, stdout, _ = cli(capsys, "edit", src, "--emotion", "sad", "--max-faces", "5", "-o", tmp_path / "five.png", *ck)
+    assert rc == 0 and "30 faces found, 5 edited (--max-faces 5)" in stdout
+
+
+# ----------------------------------------------------------------------------------- issue 16: one reading path
+
+
+def test_one_reading_path_for_every_mode_and_source(bad, tmp_path):
+    import io as _io
+
+    from affectedit.images import read_image
+
+    ref = np.asarray(Image.open(PORTRAIT).convert("RGB"), np.float32)
+    grey = Image.open(PORTRAIT).convert("L")
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.asarray(grey, np.float32) / 255.0, "F").save(floats)
+    for name in ("grey16.png", "rgb16.png", "cmyk.jpg", "palette.png", "grey.jpg"):
+        for source in (bad[name], bad[name].read_bytes(), _io.BytesIO(bad[name].read_bytes()), Image.open(bad[name])):
+            a = read_image(source)
+            assert a.dtype == np.uint8 and a.shape == ref.shape, name
+            assert np.abs(a.astype(np.float32).mean(2) - ref.mean(2)).mean() < 12, name  # never white, never black
+    a = read_image(floats.read_bytes())
+    assert np.abs(a[..., 0].astype(np.float32) - np.asarray(grey, np.float32)).max() <= 1
+    rgba = read_image(bad["rgba.png"])  # alpha composited on white
+    assert rgba.shape == ref.shape
+    for junk in (b"", b"junk", bad["text.jpg"], bad["truncated.jpg"]):
+        with pytest.raises(UserError, match="cannot read"):
+            read_image(junk)
+
+
+def test_16_bit_grey_upload_edits_like_the_cli(bad, tiny_checkpoint):
+    """What the web page receives (bytes) goes through the same reader: a 16-bit grey PNG is a face."""
+    from affectedit.editor import Editor
+
+    editor = Editor.from_checkpoint(tiny_checkpoint, device="cpu")
+    r = editor.edit(bad["grey16.png"].read_bytes(), 0.8, 0.5, report=True)
+    assert r.faces_edited == 1 and r.image.mode == "L"
+    assert abs(np.asarray(r.image, np.float32).mean() - np.asarray(Image.open(PORTRAIT).convert("L"), np.float32).mean()) < 12
+
+
+@pytest.mark.parametrize("name,suffix,mode", [("cmyk.jpg", ".png", "RGB"), ("rgba.png", ".jpg", "RGB"), ("grey16.png", ".jpg", "L"),
+                                              ("palette.png", ".webp", "RGB"), ("cmyk.jpg", ".jpg", "CMYK"), ("rgba.png", ".bmp", "RGB")])
+def test_output_converted_to_what_its_format_holds(bad, ck, tmp_path, capsys, name, suffix, mode):
+    out = tmp_path / f"out{suffix}"
+    rc, _, err = cli(capsys, "edit", bad[name], "--emotion", "happy", "-o", out, *ck)
+    assert rc == 0, err
+    with Image.open(out) as res:
+        res.load()
+        assert res.mode == mode and res.size == Image.open(bad[name]).size
+
+
+# ----------------------------------------------------------------------------------- issue 16: finite weights and outputs
+
+
+def _nan_weights(tiny_checkpoint, folder: Path) -> Path:
+    from affectedit.checkpoint import load_checkpoint, save_weights
+
+    state = load_checkpoint(tiny_checkpoint)
+    gen = dict(state["models"]["generator"])
+    key = next(k for k, v in gen.items() if v.is_floating_point() and v.ndim > 1)
+    gen[key] = torch.full_like(gen[key], float("nan"))
+    return save_weights(folder, {"encoder": state["models"]["encoder"], "generator": gen}, state["config"])  # a matching checksum
+
+
+def test_nan_weights_with_a_matching_checksum_are_refused(tiny_checkpoint, tmp_path, capsys):
+    weights = _nan_weights(tiny_checkpoint, tmp_path / "w")
+    out = tmp_path / "x.png"
+    rc, _, err = cli(capsys, "edit", PORTRAIT, "--emotion", "happy", "-o", out, "--checkpoint", weights, "--device", "cpu")
+    assert rc == 2
+    assert_one_line_error(rc, err, "generator weights hold NaN")
+    assert not out.exists()
+
+
+def test_non_finite_network_output_is_refused(tiny_checkpoint):
+    from affectedit.editor import Editor
+
+    editor = Editor.from_checkpoint(tiny_checkpoint, device="cpu")
+    real = editor.generator.forward
+    editor.generator.forward = lambda *a, **k: real(*a, **k) * float("nan")
+    with pytest.raises(UserError, match="NaN or infinite"):
+        editor.edit(PORTRAIT, 0.5, 0.5)
+
+
+def test_config_asking_for_a_huge_layer_is_refused_before_allocation(tiny_checkpoint, tmp_path, capsys):
+    import resource
+
+    state = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    for key, value in [("generator_fc_channels", 2_000_000), ("encoder_channels", [8, 2_000_000]), ("image_size", 65536),
+                       ("z_dim", -3), ("kernel_size", 10**9)]:
+        huge = dict(state, config={**state["config"], "model": {**state["config"]["model"], key: value}})
+        path = tmp_path / f"{key}.pt"
+        torch.save(huge, path)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t = time.perf_counter()
+        rc, _, err = cli(capsys, "edit", PORTRAIT, "--emotion", "happy", "-o", tmp_path / "x.png", "--checkpoint", path, "--device", "cpu")
+        assert rc == 2 and time.perf_counter() - t < 20
+        assert_one_line_error(rc, err, f"model.{key}", "outside sane bounds")
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KB: no 19 GB attempt
+
+
+# ----------------------------------------------------------------------------------- issue 16: one clear line each
+
+
+def _cache_copy(tiny_cache: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(tiny_cache, dst, ignore=shutil.ignore_patterns(".lock"))
+    return dst
+
+
+def _train(capsys, cache, out):
+    return cli(capsys, "train", "--config", "tiny", "--data", cache, "--out", out, "--steps", "1", "--set", "loss.identity=0",
+               "--no-progress")
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("truncated images.npy", ["images.npy is damaged or cut short"]),
+    ("corrupt meta.json", ["meta.json", "is damaged (JSONDecodeError)"]),
+    ("meta.json not an object", ["meta.json", "not a JSON object"]),
+    ("label 50", ["valence 50 for face 3", "outside [-1, 1]"]),
+    ("label 1e30", ["arousal 1e+30", "outside [-1, 1]"]),
+    ("label inf", ["outside [-1, 1]"]),
+    ("labels of another size", ["labels.npy holds"]),
+])
+def test_damaged_training_cache_is_one_line(tiny_cache, tmp_path, capsys, damage, words):
+    cache = _cache_copy(tiny_cache, tmp_path / "cache")
+    if damage == "truncated images.npy":
+        data = (cache / "images.npy").read_bytes()
+        (cache / "images.npy").write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt meta.json":
+        (cache / "meta.json").write_text((cache / "meta.json").read_text()[:-40])
+    elif damage == "meta.json not an object":
+        (cache / "meta.json").write_text("[1, 2, 3]")
+    elif damage == "labels of another size":
+        np.save(cache / "labels.npy", np.zeros((3, 2), np.float32))
+    else:
+        labels = np.load(cache / "labels.npy")
+        labels[3, 0 if damage == "label 50" else 1] = {"label 50": 50.0, "label 1e30": 1e30, "label inf": np.inf}[damage]
+        np.save(cache / "labels.npy", labels)
+    rc, _, err = _train(capsys, cache, tmp_path / "run")
+    assert rc == 2
+    assert_one_line_error(rc, err, *words)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("odd", [{"config": "[1, 2]"}, {"edit": "[]"}, {"edit": '{"strength": [1]}'}, {"step": "abc"},
+                                 {"format_version": "x"}, {"config": "null"}, {"edit": '{"1": 2}'}])
+def test_odd_weights_metadata_is_one_line(tiny_checkpoint, tmp_path, capsys, odd):
+    import json
+
+    from affectedit.checkpoint import export_weights
+
+    weights = export_weights(tiny_checkpoint, tmp_path / "w")
+    blob = weights.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"].update(odd)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    weights.write_bytes(len(new).to_bytes(8, "little") + new + blob[8 + n:])  # the tensors (and their checksum) unchanged
+    rc, _, err = cli(capsys, "edit", PORTRAIT, "--emotion", "happy", "-o", tmp_path / "x.png", "--checkpoint", weights, "--device", "cpu")
+    assert rc == 2, err
+    assert_one_line_error(rc, err)
+
+
+def test_device_meta_and_bad_animation_sizes_are_one_line(ck, tmp_path, capsys):
+    rc, _, err = cli(capsys, "edit", PORTRAIT, "--emotion", "happy", "-o", tmp_path / "x.png", *ck[:2], "--device", "meta")
+    assert rc == 2
+    assert_one_line_error(rc, err, "device 'meta' cannot run the model")
+    for option, value, words in [("--size", "-5", "--size must be 16..4096"), ("--size", "3", "--size must be 16..4096"),
+                                 ("--fps", "0", "--fps must be in [1, 120]"), ("--seconds", "nan", "seconds per segment"),
+                                 ("--seconds", "1e9", "seconds per segment")]:
+        rc, _, err = cli(capsys, "animate", PORTRAIT, "--path", "0,0 1,0", option, value, "-o", tmp_path / "a.gif", *ck)
+        assert rc == 2
+        assert_one_line_error(rc, err, words)
+    assert not (tmp_path / "a.gif").exists()
+
+
+def test_nan_stop_does_not_claim_a_checkpoint_that_does_not_exist(tiny_cache, tmp_path, capsys, monkeypatch):
+    from affectedit import train as train_mod
+
+    real = train_mod.reconstruction_loss
+    monkeypatch.setattr(train_mod, "reconstruction_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    rc, _, err = _train(capsys, tiny_cache, tmp_path / "run")
+    line = assert_one_line_error(rc, err, "NaN or infinite at step 0", "no checkpoint was saved yet")
+    assert rc == 2 and "step 0) is kept" not in line and not (tmp_path / "run" / "checkpoint.pt").exists()

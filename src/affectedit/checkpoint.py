@@ -32,11 +32,12 @@ import torch
 
 from affectedit.config import Config
 from affectedit.errors import UserError
-from affectedit.io import atomic_path
+from affectedit.io import atomic_path, write_bytes, write_failure
 from affectedit.networks import build_models
 
 __all__ = [
     "BUNDLED_DIR",
+    "check_model_config",
     "CHECKPOINT_NAME",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
@@ -69,10 +70,32 @@ NETWORKS = ("encoder", "generator")
 
 
 def write_torch(path: str | os.PathLike, obj) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    with atomic_path(path) as tmp:
+    """``torch.save(obj)`` to ``path`` atomically and verified: the archive is read back (every
+    member's CRC) and flushed to the disk before it replaces the old file. A full disk is one
+    UserError line (torch's own is "RuntimeError: [enforce fail at inline_container.cc...]"), and
+    the old file is untouched."""
+    with atomic_path(path, check=_check_zip) as tmp:
         with open(tmp, "wb") as fh:  # a file object: the archive's inner folder is "archive", not the
-            torch.save(obj, fh)       # temporary name, so the same state gives the same bytes
+            try:                      # temporary name, so the same state gives the same bytes
+                torch.save(obj, fh)
+                fh.flush()
+            except RuntimeError as e:  # torch's zip writer reports a failed write of the file object so
+                cause = e.__context__ or e.__cause__
+                if isinstance(cause, OSError):
+                    raise cause from None
+                if "inline_container" in str(e) or "PytorchStreamWriter" in str(e):
+                    raise write_failure(path, "the checkpoint writer failed") from None
+                raise
+
+
+def _check_zip(path: Path) -> None:
+    """Raise unless ``path`` is a complete zip archive (torch's format) whose members match their CRCs."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise ValueError(f"member {bad} is damaged")
 
 
 def read_torch(path: Path, missing: str, damaged: str):
@@ -125,24 +148,73 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"{path} is a valence/arousal regressor, not an editing model; pass a checkpoint written by `affectedit train`")
     if not isinstance(state, dict) or "config" not in state or "models" not in state:
         raise UserError(f"{path} is not an affectedit checkpoint (no config/models inside)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    version, step = state.get("format_version", 0), state.get("step", 0)
+    if isinstance(version, bool) or not isinstance(version, int) or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{path} holds odd values (format_version {version!r}, step {step!r}); it is damaged: retrain or restore it")
+    if version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer affectedit (format {state['format_version']}); upgrade affectedit")
     return {"edit": {}, **state}
+
+
+#: Sane bounds of a stored model config, checked before any network is built (``check_model_config``).
+MODEL_BOUNDS = {"image_size": (16, 1024), "z_dim": (1, 4096), "label_repeat": (1, 1024), "generator_fc_channels": (1, 16384),
+                "d_img_fc": (1, 16384), "d_img_label_repeat": (1, 1024), "kernel_size": (1, 15)}
+MAX_CHANNELS, MAX_LAYERS, MAX_PARAMETERS = 8192, 12, 500_000_000
+
+
+def check_model_config(mc) -> None:
+    """UserError unless every size in a ModelConfig is within sane bounds (``MODEL_BOUNDS``; channel
+    lists: 1..8 layers of 1..8192 channels) and the four networks hold at most 500 M parameters
+    (counted on the "meta" device: nothing is allocated)."""
+    def refuse(what: str, value) -> UserError:
+        return UserError(f"the model config stored in the checkpoint asks for {what} = {value!r}, outside sane bounds; "
+                         "the file is damaged or not an affectedit model: retrain or restore it")
+
+    for key, (lo, hi) in MODEL_BOUNDS.items():
+        v = getattr(mc, key)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise refuse(f"model.{key}", v)
+    for key in ("encoder_channels", "generator_channels", "d_img_channels", "d_z_channels"):
+        v = getattr(mc, key)
+        if not isinstance(v, tuple) or not 1 <= len(v) <= MAX_LAYERS \
+                or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS for c in v):
+            raise refuse(f"model.{key}", v)
+    if not (isinstance(mc.max_flow, (int, float)) and 0 <= mc.max_flow <= 1):
+        raise refuse("model.max_flow", mc.max_flow)
+    try:
+        with torch.device("meta"):
+            n = sum(p.numel() for m in build_models(mc).values() for p in m.parameters())
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as e:
+        raise UserError(f"the model config stored in the checkpoint is not valid ({type(e).__name__}: {str(e)[:200]}); "
+                        "retrain or restore it") from None
+    if n > MAX_PARAMETERS:
+        raise refuse("networks of", f"{n / 1e6:.0f} M parameters")
 
 
 def models_from_checkpoint(state: dict, names=NETWORKS, device: str | torch.device = "cpu") -> tuple[Config, dict]:
     """Rebuild networks from the config stored inside a checkpoint (``networks.build_models``) and
     load their weights (in float32). Returns (config, {name: network in eval mode on ``device``})."""
+    if not isinstance(state.get("config"), dict) or not isinstance(state.get("models"), dict):
+        raise UserError("the checkpoint's config or weights are not tables (damaged or edited file); retrain or restore it")
     try:
         cfg = Config.from_dict(state["config"])
+        check_model_config(cfg.model)  # before any allocation: a 2e6-wide layer is refused, not allocated
         models = build_models(cfg.model)
+    except UserError:
+        raise
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
-        raise UserError(f"the config stored in the checkpoint is not valid ({type(e).__name__}: {e}); retrain or restore it") from None
+        raise UserError(f"the config stored in the checkpoint is not valid ({type(e).__name__}: {str(e)[:200]}); retrain or restore it") from None
     out = {}
     for name in names:
-        if name not in state["models"]:
+        if not isinstance(state["models"].get(name), dict):
             raise UserError(f"the checkpoint holds no {name} weights; pass a checkpoint written by `affectedit train` "
                             "or exported weights")
+        bad = [k for k, v in state["models"][name].items()
+               if not torch.is_tensor(v) or (v.is_floating_point() and not bool(torch.isfinite(v).all()))]
+        if bad:
+            raise UserError(f"the {name} weights hold NaN, infinite or non-tensor values (first: {bad[0]}); the file is damaged "
+                            "or comes from a diverged run (a matching checksum only shows it was not changed after export): "
+                            "restore the weights, reinstall affectedit or use an earlier checkpoint")
         try:
             weights = {k: v.float() for k, v in state["models"][name].items()}
             models[name].load_state_dict(weights)
@@ -200,9 +272,12 @@ def save_weights(out_dir: str | os.PathLike, models: dict, config: dict, edit: d
     first = save(tensors, meta)
     data = first[8 + int.from_bytes(first[:8], "little"):]
     blob = _sorted_header(save(tensors, {**meta, "sha256": hashlib.sha256(data).hexdigest()}))
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(blob)
+    write_bytes(path, blob, check=lambda tmp: None if tmp.read_bytes() == blob else _raise("the bytes differ"))
     return path
+
+
+def _raise(why: str):
+    raise ValueError(why)
 
 
 def _sorted_header(blob: bytes) -> bytes:
@@ -229,6 +304,8 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
     except Exception as e:  # noqa: BLE001 - not a safetensors header at all
         raise UserError(f"{path} is damaged or not affectedit weights ({type(e).__name__}); export the weights again") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is damaged or not affectedit weights (odd metadata); export the weights again")
     if "sha256" in meta and hashlib.sha256(blob[8 + n:]).hexdigest() != meta["sha256"]:
         raise UserError(f"checksum mismatch for {path}: the file is damaged or was changed; reinstall affectedit "
                         "or export the weights again")
@@ -237,13 +314,19 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
         config, edit = json.loads(meta["config"]), json.loads(meta.get("edit") or "{}")
     except Exception as e:  # noqa: BLE001 - foreign safetensors (no config), damaged tensors, ...
         raise UserError(f"{path} is damaged or not affectedit weights ({type(e).__name__}); export the weights again") from None
-    if int(meta.get("format_version", WEIGHTS_FORMAT)) > WEIGHTS_FORMAT:
+    try:
+        version, step = int(meta.get("format_version", WEIGHTS_FORMAT)), int(meta.get("step", 0) or 0)
+        if not isinstance(config, dict) or not isinstance(edit, dict) or step < 0:
+            raise TypeError("config and edit must be JSON objects, step a count")
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UserError(f"{path} holds odd metadata ({str(e)[:120]}); export the weights again") from None
+    if version > WEIGHTS_FORMAT:
         raise UserError(f"{path} was written by a newer affectedit (weights format {meta['format_version']}); upgrade affectedit")
     models: dict[str, dict] = {}
     for key, value in tensors.items():
         net, _, name = key.partition(".")
         models.setdefault(net, {})[name] = value
-    return {"config": config, "models": models, "step": int(meta.get("step", 0)), "edit": edit}
+    return {"config": config, "models": models, "step": step, "edit": edit}
 
 
 def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, edit: dict | None = None,

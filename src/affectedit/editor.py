@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,17 @@ import torch
 from PIL import Image
 
 from affectedit import checkpoint, runtime
-from affectedit.emotions import check_label, path_labels
+from affectedit.emotions import check_label, emotion, path_labels
 from affectedit.errors import UserError
-from affectedit.images import load_image, normalize, restore_mode
-from affectedit.io import atomic_path
+from affectedit.images import normalize, read_photo, restore_mode
 from affectedit.warp import CropEdit, apply_to_photo, compose, luma_change
 
-__all__ = ["LABEL_GRID", "MODES", "EditConfig", "Editor", "FaceCodes", "label_range"]
+__all__ = ["LABEL_GRID", "MAX_FACES", "MODES", "EditConfig", "EditResult", "Editor", "FaceCodes", "label_range"]
+
+#: Default bound on the faces edited in one photo (the largest first); ``max_faces=None`` lifts it.
+MAX_FACES = 100
+#: Devices the networks can run on (``torch.device("meta")`` and the like hold no data).
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
 
 MODES = ("residual", "paper", "warp")
 COLOURS = ("keep", "change")
@@ -94,7 +99,13 @@ class EditConfig:
     @classmethod
     def stored(cls, state: dict) -> EditConfig:
         """The settings stored in a checkpoint dict (``checkpoint.load_checkpoint``), with ``defaults``."""
-        return cls.defaults(state.get("config", {}).get("model", {}).get("head", "pixels"), **state.get("edit", {}))
+        config, edit = state.get("config"), state.get("edit") or {}
+        model = config.get("model") if isinstance(config, dict) else None
+        head = model.get("head", "pixels") if isinstance(model, dict) else "pixels"
+        if not isinstance(edit, dict) or not all(isinstance(k, str) for k in edit):
+            raise UserError(f"the edit settings stored with the weights are not valid (a {type(edit).__name__}, "
+                            "not a table of settings); export the weights again")
+        return cls.defaults(head if isinstance(head, str) else "pixels", **edit)
 
     def update(self, **options) -> EditConfig:
         """A copy with the options that are not None replaced (``label_range="off"``: no range)."""
@@ -164,6 +175,37 @@ class FaceCodes:
         return FaceCodes(self.x[index], self.z[index], None if self.source is None else self.source[index])
 
 
+@dataclass
+class EditResult:
+    """One edited photo with what happened to it: ``faces_found`` faces were detected,
+    ``faces_edited`` of them edited (fewer when ``face`` picked one or ``max_faces`` bounded them)."""
+
+    image: Image.Image
+    faces_found: int
+    faces_edited: int
+    source: str = ""
+
+
+def _target(valence, arousal, emotion_word) -> tuple[float, float]:
+    """(valence, arousal) from numbers or an emotion word (``emotion="happy"``, or a word given as
+    ``valence``)."""
+    if isinstance(valence, str) and arousal is None and emotion_word is None:
+        valence, emotion_word = None, valence
+    if emotion_word is not None:
+        if valence is not None or arousal is not None:
+            raise UserError("give either an emotion word or valence and arousal, not both")
+        return emotion(emotion_word)
+    if valence is None or arousal is None:
+        raise UserError("say the target expression: valence and arousal (each in [-1, 1]) or emotion='happy'")
+    return check_label(valence, arousal)
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if t is not None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise UserError(f"the model's {what} holds NaN or infinite values: the weights are damaged or do not suit "
+                        "this device/precision; reinstall affectedit, restore the weights, or try --fp32")
+
+
 # --------------------------------------------------------------------------------------------- the editor
 
 
@@ -186,7 +228,7 @@ class Editor:
         self.config = config
         self.image_size = int(config.model.image_size)
         self.edit_config = (edit_config or EditConfig.defaults(getattr(generator, "head", "pixels"))).update(**edit)
-        self.device = runtime.pick_device(device)
+        self.device = _check_device(runtime.pick_device(device))
         self.precision = runtime.pick_precision(precision, self.device)
         self.batch_size = int(batch_size)
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
@@ -205,8 +247,8 @@ class Editor:
     def from_checkpoint(cls, path: str | os.PathLike, device=None, precision: str = "auto", **edit) -> Editor:
         """Load a training checkpoint (``runs/NAME/checkpoint.pt`` or its folder) or exported weights.
         ``edit``: EditConfig fields; None or left out = the settings stored with the weights."""
+        dev = _check_device(runtime.pick_device(device))
         state = checkpoint.load_checkpoint(path)
-        dev = runtime.pick_device(device)
         cfg, models = checkpoint.models_from_checkpoint(state, device=dev)
         editor = cls(models["encoder"], models["generator"], cfg, dev, precision, edit_config=EditConfig.stored(state), **edit)
         editor.step = int(state.get("step", 0) or 0)
@@ -253,8 +295,11 @@ class Editor:
                 args[0] = args[0].contiguous(memory_format=fmt) if args[0].ndim == 4 else args[0]
                 with runtime.autocast(self.precision, self.device):
                     o = net(*args)
-                out.append(type(o)(*(None if t is None else t.float().cpu().contiguous() for t in o)) if isinstance(o, tuple)
-                           else o.float().cpu().contiguous())
+                o = (type(o)(*(None if t is None else t.float().cpu().contiguous() for t in o)) if isinstance(o, tuple)
+                     else o.float().cpu().contiguous())
+                for t in (o if isinstance(o, tuple) else (o,)):  # NaN weights give NaN outputs: never a black face
+                    _check_finite(t, "output")
+                out.append(o)
         return out
 
     def encode(self, crops) -> torch.Tensor:
@@ -355,48 +400,66 @@ class Editor:
 
     # ------------------------------------------------------------------ photos
 
-    def _faces(self, photo: Image.Image, name: str, face: int | None):
+    def _faces(self, photo: Image.Image, name: str, face: int | None, max_faces: int | None = MAX_FACES):
+        """(faces to edit, number found): every face (the largest ``max_faces``), or face ``face``."""
         from affectedit.faces import detect_faces
 
+        if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
+            raise UserError(f"max_faces must be a positive integer (or None: no bound), got {max_faces!r}")
         found = detect_faces(photo)
         if not found:
             raise UserError(f"no face found in {name}; use a photo with a clearly visible, roughly frontal face")
         if face is None:
-            return found
-        if not isinstance(face, (int, np.integer)) or not 0 <= face < len(found):
+            return (found if max_faces is None else found[: int(max_faces)]), len(found)
+        if isinstance(face, bool) or not isinstance(face, (int, np.integer)) or not 0 <= face < len(found):
             raise UserError(f"face {face!r} asked for but {len(found)} face(s) found in {name} (indices 0..{len(found) - 1}, largest first)")
-        return [found[int(face)]]
+        return [found[int(face)]], len(found)
 
-    def _photo_faces(self, image, face: int | None):
-        """(upright input, its RGB version, the faces to edit, their S x S crops in [-1, 1])."""
+    def _photo_faces(self, image, face: int | None, max_faces: int | None = MAX_FACES):
+        """(upright input, its RGB version, the faces to edit, their S x S crops in [-1, 1], faces found, name)."""
         from affectedit.faces import align_faces_batch
 
-        photo, name = load_image(image)
+        photo, name = read_photo(image)
         rgb = photo.convert("RGB") if photo.mode != "RGB" else photo
-        faces = self._faces(rgb, name, face)
-        return photo, rgb, faces, normalize(align_faces_batch(rgb, faces, self.image_size))
+        faces, found = self._faces(rgb, name, face, max_faces)
+        return photo, rgb, faces, normalize(align_faces_batch(rgb, faces, self.image_size)), found, name
 
     def _apply(self, rgb: Image.Image, faces, change: CropEdit) -> Image.Image:
         with self._policy.threads(self.device, self.threads):
             return apply_to_photo(rgb, faces, change)
 
-    def edit(self, image, valence: float, arousal: float, face: int | None = None, **edit) -> Image.Image:
+    def edit(self, image, valence=None, arousal=None, face: int | None = None, *, emotion: str | None = None,
+             max_faces: int | None = MAX_FACES, report: bool = False, **edit):
         """The photo with every face (or only face ``face``, an index in ``detect_faces`` order:
-        largest first) showing (valence, arousal), both in [-1, 1]; ``edit``: EditConfig fields.
+        largest first) showing (valence, arousal), both in [-1, 1], or the emotion word ``emotion``
+        ("happy"; a word as ``valence`` works too); ``edit``: EditConfig fields.
 
-        ``image``: a PIL image, an H x W x 3 uint8 RGB array or a path; EXIF orientation is applied,
-        so the result is upright. Returns a new image of the (upright) input's size and mode; pixels
-        outside the blended face regions are unchanged. No face: UserError."""
-        v, a = check_label(valence, arousal)
-        photo, rgb, faces, x = self._photo_faces(image, face)
-        return restore_mode(self._apply(rgb, faces, self.crop_edit(x, torch.tensor([v, a]), **edit)), photo)
+        ``image``: a path, bytes, a file object, a PIL image or an H x W x 3 uint8 RGB array (read by
+        ``images.read_photo``: EXIF orientation applied, 16-bit/float/CMYK/palette/alpha handled), or a
+        list of them: all their faces go through the networks in one batch and a list comes back.
+        ``max_faces``: edit at most the largest N faces of each photo (None: every face).
+        Returns a new image of the (upright) input's size and mode (pixels outside the blended face
+        regions are unchanged), or with ``report`` an ``EditResult`` (image, faces found and edited).
+        No face, an unreadable image: UserError."""
+        v, a = _target(valence, arousal, emotion)
+        many = isinstance(image, (list, tuple))
+        images = list(image) if many else [image]
+        photos = [self._photo_faces(im, face, max_faces) for im in images]
+        x = torch.cat([p[3] for p in photos]) if photos else torch.zeros(0, 3, self.image_size, self.image_size)
+        change = self.crop_edit(x, torch.tensor([v, a]), **edit) if len(x) else None
+        results, k = [], 0
+        for photo, rgb, faces, _, found, name in photos:
+            edited = restore_mode(self._apply(rgb, faces, change[k:k + len(faces)]), photo)
+            k += len(faces)
+            results.append(EditResult(edited, found, len(faces), name) if report else edited)
+        return results if many else results[0]
 
-    def edit_aligned(self, crop, valence: float, arousal: float, **edit) -> Image.Image:
+    def edit_aligned(self, crop, valence, arousal=None, **edit) -> Image.Image:
         """Edit an already aligned face crop (PIL image or H x W x 3 uint8 array, square, dlib
         face-chip geometry as ``faces.align_face`` makes it) at its own size: the networks see it at
         the model's size, the change is applied at the crop's."""
-        v, a = check_label(valence, arousal)
-        img = load_image(crop, "crop")[0].convert("RGB")
+        v, a = _target(valence, arousal, None)
+        img = read_photo(crop, "crop")[0].convert("RGB")
         S = self.image_size
         small = img if img.size == (S, S) else img.resize((S, S), Image.BICUBIC, reducing_gap=2.0)
         change = self.crop_edit(normalize(np.asarray(small))[None], torch.tensor([v, a]), **edit)
@@ -406,33 +469,45 @@ class Editor:
 
     # ------------------------------------------------------------------ figures
 
-    def grid(self, image, face: int = 0, n: int = 5, cell: int | None = None) -> Image.Image:
+    def grid(self, image, face: int = 0, n: int = 5, cell: int | None = None, progress: bool = False) -> Image.Image:
         """The paper's Fig. 3: an n x n grid of edits of one face over [-1, 1]^2, arousal from high
         (left) to low (right), valence from high (top) to low (bottom), with axis labels and the
-        aligned input beside it (``figures.edit_grid``). Cells are ``cell`` pixels (default max(S, 128))."""
+        aligned input beside it (``figures.edit_grid``). Cells are ``cell`` pixels (default max(S, 128)).
+        ``progress``: a progress bar (tqdm, on stderr) over the rows."""
+        from tqdm import tqdm
+
         from affectedit.figures import edit_grid
         from affectedit.images import denormalize
 
-        if n < 2:
-            raise UserError(f"a grid needs n >= 2 labels per axis, got {n}")
-        _, _, _, x = self._photo_faces(image, face)
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 2 <= n <= 33:
+            raise UserError(f"a grid needs n in [2, 33] labels per axis, got {n!r}")
+        if cell is not None and (not isinstance(cell, (int, np.integer)) or not 16 <= cell <= 1024):
+            raise UserError(f"grid cells must be 16..1024 pixels, got {cell!r}")
+        x = self._photo_faces(image, face)[3]
         levels = np.linspace(1.0, -1.0, n)
         labels = torch.tensor([[v, a] for v in levels for a in levels], dtype=torch.float32)  # row-major
-        codes = self.encode_faces(x, own=self.edit_config.mode == "residual")[torch.zeros(n * n, dtype=torch.long)]
-        tiles = denormalize(compose(codes.x, self.crop_edit(codes, labels)))
-        return edit_grid(denormalize(x)[0], tiles, levels, int(cell or max(self.image_size, 128)))
+        codes = self.encode_faces(x, own=self.edit_config.mode == "residual")[torch.zeros(n, dtype=torch.long)]
+        tiles = []
+        for r in tqdm(range(n), desc="grid", unit="row", disable=not progress, file=sys.stderr, dynamic_ncols=True):
+            y = labels[r * n:(r + 1) * n]
+            tiles.append(denormalize(compose(codes.x, self.crop_edit(codes, y))))
+        return edit_grid(denormalize(x)[0], np.concatenate(tiles), levels, int(cell or max(self.image_size, 128)))
 
     def animate(self, image, path: Sequence[tuple[float, float]], out: str | os.PathLike, fps: int = 20,
                 seconds_per_segment: float = 1.0, face: int | None = None, size: int | None = 512,
-                force: bool = True) -> Path:
+                force: bool = True, max_faces: int | None = MAX_FACES, progress: bool = False) -> Path:
         """Write a video of the face(s) moving along ``path``, a list of (valence, arousal) points in
         [-1, 1] (at least 2), with smoothstep easing between consecutive points
         (``seconds_per_segment`` each, ``fps`` frames per second). Frames are the full photo, scaled
         so the longest side is at most ``size`` (None: original size).
 
-        ``out`` ending in .gif: an animated GIF (Pillow, looping); .mp4: MPEG-4 (OpenCV's mp4v
-        writer). Written atomically; an existing ``out`` is overwritten only with ``force``."""
-        from affectedit.figures import write_animation
+        ``out`` ending in .gif: an animated GIF (Pillow, looping); .mp4: H.264 video (yuv420p, plays in
+        browsers; ``images.write_animation`` through imageio-ffmpeg's own ffmpeg). Written atomically
+        and verified (every frame reads back); an existing ``out`` is overwritten only with ``force``.
+        ``progress``: a progress bar (tqdm, on stderr) over the frames."""
+        from tqdm import tqdm
+
+        from affectedit.images import write_animation
 
         out = Path(out)
         if out.suffix.lower() not in (".gif", ".mp4"):
@@ -440,10 +515,21 @@ class Editor:
         points = [check_label(v, a) for v, a in path]
         if len(points) < 2:
             raise UserError("an animation path needs at least 2 (valence, arousal) points")
-        if fps < 1 or not math.isfinite(seconds_per_segment) or seconds_per_segment <= 0:
-            raise UserError(f"fps must be >= 1 and seconds_per_segment > 0, got {fps} and {seconds_per_segment}")
-        labels = torch.tensor(path_labels(points, max(1, round(fps * seconds_per_segment))), dtype=torch.float32)
-        _, rgb, faces, x = self._photo_faces(image, face)
+        if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)) or not 1 <= fps <= 120:
+            raise UserError(f"fps must be a whole number in [1, 120], got {fps!r}")
+        try:
+            seconds_per_segment = float(seconds_per_segment)
+        except (TypeError, ValueError):
+            seconds_per_segment = math.nan
+        if not (math.isfinite(seconds_per_segment) and 0 < seconds_per_segment <= 60):
+            raise UserError(f"seconds per segment must be in (0, 60], got {seconds_per_segment!r}")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 16 <= size <= 4096):
+            raise UserError(f"the frame size must be 16..4096 pixels (or None/0: the photo's size), got {size!r}")
+        per = max(1, round(fps * seconds_per_segment))
+        if per * (len(points) - 1) + 1 > 10_000:
+            raise UserError(f"that animation would have {per * (len(points) - 1) + 1} frames; at most 10000 (lower fps, seconds or path)")
+        labels = torch.tensor(path_labels(points, per), dtype=torch.float32)
+        _, rgb, faces, x, _, _ = self._photo_faces(image, face, max_faces)
         codes = self.encode_faces(x, own=self.edit_config.mode == "residual")  # once: only the label changes
         # Frames are made from a copy already scaled to the frame size (cheaper than scaling every frame).
         scale = 1.0 if size is None else min(1.0, size / max(rgb.size))
@@ -454,13 +540,19 @@ class Editor:
             faces = [_scaled_face(f, sx, sy) for f in faces]
         F, frames = len(faces), []
         step = max(1, self.batch_size // F)
-        for t0 in range(0, len(labels), step):
-            y = labels[t0:t0 + step]
-            change = self.crop_edit(codes[torch.arange(F).repeat(len(y))], y.repeat_interleave(F, 0))
-            frames += [self._apply(rgb, faces, change[k * F:(k + 1) * F]) for k in range(len(y))]
-        with atomic_path(out, force=force) as tmp:
-            write_animation(tmp, frames, fps)
-        return out
+        with tqdm(total=len(labels), desc="animate", unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
+            for t0 in range(0, len(labels), step):
+                y = labels[t0:t0 + step]
+                change = self.crop_edit(codes[torch.arange(F).repeat(len(y))], y.repeat_interleave(F, 0))
+                frames += [self._apply(rgb, faces, change[k * F:(k + 1) * F]) for k in range(len(y))]
+                bar.update(len(y))
+        return write_animation(out, frames, fps, force=force)
+
+
+def _check_device(device: torch.device) -> torch.device:
+    if device.type not in DEVICE_TYPES:
+        raise UserError(f"device {str(device)!r} cannot run the model (it holds no data); use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def _scaled_face(face, sx: float, sy: float):

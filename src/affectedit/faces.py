@@ -236,16 +236,22 @@ def detect_faces(
     *,
     detect_size: int | None = DETECT_SIZE,
     threshold: float = 0.0,
+    max_faces: int | None = None,
 ) -> list[Face]:
     """Detect frontal faces; returns them largest first (by box area), [] when none.
 
     The HOG detector runs on a copy whose longest side is at most ``detect_size`` (None: full
     resolution); boxes are mapped back and the 5-point landmarks are found on the full-resolution
-    photo.  ``upsample=None`` (auto) tries 0 pyramid upsamplings and, when nothing is found, 1 (finds
-    faces down to ~40 px in the working copy, i.e. 1/10 of the longest side), then, for photos larger
-    than twice ``detect_size``, a copy at 4 x ``detect_size`` (faces down to 1/20 of the longest
-    side); an integer uses exactly that many upsamplings on the working copy.  ``threshold`` is the
-    HOG score threshold (higher: fewer false positives).  Accepts any PIL mode."""
+    photo.  ``upsample=None`` (auto) runs every pass and merges what they find (no early stop, so
+    a group photo loses no face that one pass sees): 0 and 1 pyramid upsamplings of the working
+    copy (faces down to ~40 px in it, i.e. 1/10 of the longest side) and, for photos larger than
+    twice ``detect_size``, a copy at 4 x ``detect_size`` (faces down to 1/20 of the longest side,
+    e.g. the ~100 px faces of a 30-face collage).  A face seen by several passes is kept once, as
+    the first pass saw it.  An integer ``upsample`` runs exactly that one pass.  ``threshold`` is
+    the HOG score threshold (higher: fewer false positives).  ``max_faces`` keeps the largest N
+    (None: all).  Accepts any PIL mode."""
+    if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
+        raise UserError(f"max_faces must be a positive integer (or None: every face), got {max_faces!r}")
     rgb = _rgb(image)
     W, H = rgb.size
     if upsample is not None:
@@ -253,33 +259,50 @@ def detect_faces(
     else:
         passes = [(detect_size, 0), (detect_size, 1)]
         if detect_size is not None and max(W, H) > 2 * detect_size:
-            # large photo, nothing found on the small copy: small faces; look at 4x the resolution
-            passes.append((4 * detect_size, 0))
+            passes.append((4 * detect_size, 0))  # large photo: small faces, at 4x the resolution
     det = _hog_detector()
-    rects, scores, small_size, copies = [], [], (W, H), {}
+    boxes: list[tuple[tuple[float, float, float, float], float]] = []
+    copies: dict = {}
     for side, up in passes:
         if side not in copies:
             copies[side] = _working_copy(rgb, side)
         small = copies[side]
-        arr = np.asarray(small)
         with _LOCK:
-            rects, scores, _ = det.run(arr, up, float(threshold))
-        small_size = small.size
-        if len(rects):
-            break
-    sx, sy = W / small_size[0], H / small_size[1]
+            rects, scores, _ = det.run(np.asarray(small), up, float(threshold))
+        sx, sy = W / small.size[0], H / small.size[1]
+        for r, s in zip(rects, scores):
+            box = (
+                max(0.0, r.left() * sx),
+                max(0.0, r.top() * sy),
+                min(float(W), (r.right() + 1) * sx),
+                min(float(H), (r.bottom() + 1) * sy),
+            )
+            if box[2] > box[0] and box[3] > box[1] and not any(_same_face(box, b) for b, _ in boxes):
+                boxes.append((box, float(s)))
+    boxes.sort(key=lambda bs: -(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]))
+    if max_faces is not None:
+        boxes = boxes[: int(max_faces)]
     faces = []
-    for r, s in zip(rects, scores):
-        box = (
-            max(0.0, r.left() * sx),
-            max(0.0, r.top() * sy),
-            min(float(W), (r.right() + 1) * sx),
-            min(float(H), (r.bottom() + 1) * sy),
-        )
+    for box, s in boxes:
         lm = _landmarks(rgb, box)
-        faces.append(Face(box, lm, landmarks_transform(lm), float(s)))
-    faces.sort(key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+        faces.append(Face(box, lm, landmarks_transform(lm), s))
     return faces
+
+
+def _same_face(a, b) -> bool:
+    """Two detector boxes of one face: intersection over union above 0.3, or the centre of one
+    inside the other (passes at different scales draw slightly different boxes)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    if union > 0 and inter / union > 0.3:
+        return True
+    for p, q in ((a, b), (b, a)):
+        cx, cy = (p[0] + p[2]) / 2, (p[1] + p[3]) / 2
+        if q[0] <= cx <= q[2] and q[1] <= cy <= q[3]:
+            return True
+    return False
 
 
 def _crop_rect(m_inv: np.ndarray, size: int, W: int, H: int, margin: float = 2.0):

@@ -22,9 +22,11 @@ those, on average). An AffectNet box without landmarks picks the detected face o
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -102,12 +104,13 @@ def align_sample(task):
     from PIL import Image, UnidentifiedImageError
 
     from affectedit import faces
+    from affectedit.images import to_rgb
 
     path, box, lm, size, prefer_center = task
     try:
         with Image.open(path) as im:
             im.load()
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im)  # 16-bit, float, CMYK, palette and alpha alike (the editor's reading path)
     except FileNotFoundError:
         return None, "missing file"
     except UnidentifiedImageError:
@@ -139,10 +142,38 @@ def _reason_kind(reason: str) -> str:
 # --------------------------------------------------------------------------------------------- prepare
 
 def _write_json(path: Path, obj) -> None:
-    from affectedit.io import atomic_path
+    from affectedit.io import write_text
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
+    write_text(path, json.dumps(obj, indent=1))
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict:
+    """A JSON object from ``path``; a damaged file (cut short, edited) is one UserError line."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path} ({what}) is damaged ({type(e).__name__}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} ({what}) is damaged (not a JSON object); {fix}")
+    return obj
+
+
+def _open_memmap_w(path: Path, shape: tuple) -> np.memmap:
+    """A new uint8 .npy memmap whose space is reserved first: on a full disk, writing into an
+    unreserved memmap kills the process (SIGBUS); a reservation fails with one clear line."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        try:
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            del arr
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OSError(e.errno, f"no room for {path.name} ({int(np.prod(shape)) / 1e6:.0f} MB)") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            arr = np.load(path, mmap_mode="r+")
+    return arr
 
 
 def _file_id(path) -> str | None:
@@ -231,7 +262,7 @@ def _prepare_locked(samples, names, data, output, config, label_skips, split, si
                 (output / f).unlink()
         shutil.rmtree(partial, ignore_errors=True)
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_json(meta_path, "the cache's index", "prepare it again with --force")
         if meta.get("config") == config:
             log.info("%s is already a finished cache of this data (%d faces); nothing to do", output, meta["count"])
             return _summary(meta, label_skips)
@@ -241,15 +272,24 @@ def _prepare_locked(samples, names, data, output, config, label_skips, split, si
     state_path, work_path = partial / "state.json", partial / "images.npy"
     state = None
     if state_path.is_file() and work_path.is_file():
-        state = json.loads(state_path.read_text())
+        state = _read_json(state_path, "an unfinished run's state", "pass --force to start over")
         if state.get("config") != config:
             raise UserError(f"{output} holds an unfinished run with other settings; pass --force to discard it or choose another -o")
-        work = np.load(work_path, mmap_mode="r+")
+        try:
+            work = np.load(work_path, mmap_mode="r+")
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"{work_path} (an unfinished run's faces) is damaged ({type(e).__name__}); pass --force to start over") from None
+        if work.shape != (n, size, size, 3) or not isinstance(state.get("done"), int) or not isinstance(state.get("skipped"), dict):
+            raise UserError(f"{output}/{PARTIAL} does not match its state (damaged); pass --force to start over")
         log.info("resuming %s at %d of %d", output, state["done"], n)
     else:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        work = np.lib.format.open_memmap(work_path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        try:
+            work = _open_memmap_w(work_path, (n, size, size, 3))
+        except OSError as e:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise UserError(f"disk full: {e.strerror or e}; free some space in {output} and retry") from None
         state = {"config": config, "done": 0, "skipped": {}}
         _write_json(state_path, state)
 
@@ -303,14 +343,21 @@ def _prepare_locked(samples, names, data, output, config, label_skips, split, si
     keep = np.array([i for i in range(n) if str(i) not in skipped], dtype=np.int64)
     if len(keep) == 0:
         raise UserError(f"none of the {n} images of {data} gave a face; see the log for reasons")
-    with atomic_path(output / "images.npy") as tmp:
-        final = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+    lab = np.array([[samples[i].valence, samples[i].arousal] for i in keep], dtype=np.float64).reshape(-1, 2)
+    bad = np.argwhere(np.isinf(lab) | (np.isfinite(lab) & (np.abs(lab) > 1.0)))
+    if len(bad):
+        i, j = (int(k) for k in bad[0])
+        raise UserError(f"the labels give {names[int(keep[i])]} {('valence', 'arousal')[j]} {lab[i, j]:g}, outside [-1, 1] "
+                        f"({len({int(r) for r, _ in bad})} faces); fix the labels and run prepare again with --force")
+    lab = lab.astype(np.float32)
+    shape = (len(keep), size, size, 3)
+    with atomic_path(output / "images.npy", check=lambda tmp: _check_npy(tmp, shape)) as tmp:
+        final = _open_memmap_w(tmp, shape)
         for a in range(0, len(keep), 1024):
             final[a : a + 1024] = work[keep[a : a + 1024]]
         final.flush()
         del final
-    lab = np.array([[samples[i].valence, samples[i].arousal] for i in keep], dtype=np.float32).reshape(-1, 2)
-    with atomic_path(output / "labels.npy") as tmp:
+    with atomic_path(output / "labels.npy", check=lambda tmp: _check_npy(tmp, lab.shape)) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, lab)
     skip_list = [{"source": names[int(k)], "reason": r} for k, r in sorted(skipped.items(), key=lambda kv: int(kv[0]))]
@@ -334,6 +381,12 @@ def _prepare_locked(samples, names, data, output, config, label_skips, split, si
     log.info("prepared %s: %d faces, %d skipped%s", output, s["count"], s["skipped"],
              "".join(f"; {k}: {v}" for k, v in s["skip_reasons"].items()))
     return s
+
+
+def _check_npy(path: Path, shape: tuple) -> None:
+    a = np.load(path, mmap_mode="r")
+    if a.shape != tuple(shape):
+        raise ValueError(f"shape {a.shape}, not {tuple(shape)}")
 
 
 def _windows(it, n):
@@ -377,12 +430,37 @@ class FaceCache(torch.utils.data.Dataset):
             hint = " (an unfinished prepare run is there; rerun the same `affectedit prepare` command to finish it)" \
                 if (self.path / PARTIAL).is_dir() else " (make one with `affectedit prepare`)"
             raise UserError(f"{self.path} is not a finished face cache: meta.json missing{hint}")
-        self.meta = json.loads(meta_path.read_text())
-        self.images = np.load(self.path / "images.npy", mmap_mode="r")
-        self.labels = np.load(self.path / "labels.npy").astype(np.float32, copy=False)
-        if len(self.images) != self.meta["count"] or len(self.labels) != self.meta["count"]:
-            raise UserError(f"{self.path} is inconsistent (images/labels/meta counts differ); prepare it again with --force")
-        self.size = int(self.meta["size"])
+        again = "prepare it again with `affectedit prepare ... --force`"
+        self.meta = _read_json(meta_path, "the cache's index", again)
+        count, size = self.meta.get("count"), self.meta.get("size")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0 or isinstance(size, bool) \
+                or not isinstance(size, int) or not 8 <= size <= 4096:
+            raise UserError(f"{meta_path} is damaged (count {count!r}, size {size!r}); {again}")
+        for key in ("sources", "emotions", "identities"):
+            if not isinstance(self.meta.get(key), list) or len(self.meta[key]) != count:
+                raise UserError(f"{meta_path} is damaged ({key} missing or not {count} long); {again}")
+        self.images = self._npy("images.npy", (count, size, size, 3), np.uint8, again, mmap=True)
+        self.labels = self._npy("labels.npy", (count, 2), np.floating, again).astype(np.float32, copy=False)
+        bad = np.isfinite(self.labels) & (np.abs(self.labels) > 1.0) | np.isinf(self.labels)
+        if bad.any():
+            i, j = (int(k) for k in np.argwhere(bad)[0])
+            raise UserError(f"{self.path}/labels.npy holds {('valence', 'arousal')[j]} {float(self.labels[i, j]):g} for face {i} "
+                            f"({int(bad.any(1).sum())} faces outside [-1, 1]); fix the labels CSV and {again}")
+        self.size = size
+
+    def _npy(self, name: str, shape: tuple, dtype, again: str, mmap: bool = False) -> np.ndarray:
+        """An .npy file of the cache, checked to hold ``shape`` of ``dtype`` (a truncated or foreign
+        file is one UserError line, not numpy's "mmap length is greater than file size")."""
+        path = self.path / name
+        try:
+            a = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except FileNotFoundError:
+            raise UserError(f"{path} is missing; {again}") from None
+        except (OSError, ValueError, EOFError) as e:
+            raise UserError(f"{path} is damaged or cut short ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__}); {again}") from None
+        if a.shape != tuple(shape) or not np.issubdtype(a.dtype, dtype):
+            raise UserError(f"{path} holds {a.dtype} {a.shape}, not {tuple(shape)} as meta.json says (damaged or mixed up); {again}")
+        return a
 
     def __len__(self) -> int:
         return len(self.images)
