@@ -262,3 +262,37 @@ def test_balanced_batches_are_deterministic_resumable_and_favour_rare_labels(tmp
     assert rare > 0.3  # 7/49 = 0.14 without balancing; each cell is about equally likely with power 1
     plain = torch.cat([next(b)[1] for b in [batches(c, 49, seed=3)]])
     assert (plain != torch.tensor([0.8, 0.5])).any(1).sum() == 7
+
+
+@needs_lfw
+def test_prepare_refuses_labels_outside_the_square_and_damaged_state(tmp_path, capsys):
+    """Labels of 50 or 1e30 never reach a cache (training would take them silently); a damaged
+    unfinished run or index is one line naming the file, not a JSONDecodeError."""
+    from affectedit.cli import main
+
+    labels = Path(__file__).resolve().parents[1] / "data" / "lfw-expressions-va.csv"
+    with open(labels) as f:
+        rows = list(csv.DictReader(f))
+    rows = [r for r in rows if r["split"] == "train"][:4]
+    rows[1]["valence"], rows[2]["arousal"] = "50", "1e30"
+    bad = tmp_path / "bad.csv"
+    with open(bad, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "cache"
+    with pytest.raises(UserError, match=r"outside \[-1, 1\]"):
+        prepare(LFW, "lfw", out, labels=bad, split="train", size=32, progress=False)
+    assert not (out / "meta.json").exists() and not (out / "images.npy").exists()
+    # a damaged unfinished run: one line, and --force starts over
+    (out / ".partial" / "state.json").write_text('{"config": ')
+    rc = main(["prepare", "--data", str(LFW), "--format", "lfw", "--labels", str(labels), "--split", "train", "--size", "32",
+               "--limit", "4", "--no-progress", "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "state.json" in err[0] and "--force" in err[0]
+    assert main(["prepare", "--data", str(LFW), "--format", "lfw", "--labels", str(labels), "--split", "train", "--size", "32",
+                 "--limit", "4", "--no-progress", "--force", "-o", str(out)]) == 0
+    (out / "meta.json").write_text("{")
+    with pytest.raises(UserError, match="meta.json .* is damaged"):
+        FaceCache(out)
+    assert main(["prepare", "--data", str(LFW), "--format", "lfw", "--size", "4", "-o", str(tmp_path / "x")]) == 2

@@ -14,6 +14,7 @@ from PIL import Image
 from affectedit import faces as F
 from affectedit.checkpoint import WEIGHTS_NAME, export_weights, read_weights
 from affectedit.editor import EditConfig, Editor, FaceCodes, label_range
+from affectedit.emotions import emotion
 from affectedit.errors import UserError
 from affectedit.warp import CropEdit, Fields, compose, luma_change
 
@@ -460,3 +461,41 @@ def test_crop_edit_is_a_crop_edit(editor):
     change = editor.crop_edit(x, (0.4, 0.4))
     assert isinstance(change, CropEdit) and len(change) == 3 and change.delta.shape == x.shape
     assert len(change[1:]) == 2 and len(change[torch.tensor([0, 0, 2, 2])]) == 4
+
+
+# ----------------------------------------------------------------------------------- the API of issues 15 and 16
+
+
+def test_edit_takes_a_list_and_emotion_words(editor, monkeypatch):
+    """A list of photos goes through the networks in one batch and gives what one-by-one edits give;
+    emotion words work as well as numbers; report=True says how many faces were found and edited."""
+    photos = [PORTRAIT, Image.open(PORTRAIT2), np.asarray(Image.open(PORTRAIT).convert("RGB").crop((0, 0, 600, 675)))]
+    calls = []
+    real = editor.encode
+    monkeypatch.setattr(editor, "encode", lambda x: calls.append(len(x)) or real(x))
+    together = editor.edit(photos, emotion="happy")
+    assert calls == [3]  # one batch for the three photos' faces
+    monkeypatch.undo()
+    v, a = emotion("happy")
+    for photo, result in zip(photos, together):
+        alone = editor.edit(photo, v, a)
+        assert np.abs(np.asarray(result, np.int16) - np.asarray(alone, np.int16)).max() <= 1
+    assert np.array_equal(np.asarray(editor.edit(PORTRAIT, "happy")), np.asarray(editor.edit(PORTRAIT, v, a)))
+    reports = editor.edit(photos[:2], -0.5, 0.2, report=True)
+    assert [(r.faces_found, r.faces_edited) for r in reports] == [(1, 1), (1, 1)] and reports[0].source == str(PORTRAIT)
+    assert editor.edit([], 0.1, 0.1) == []
+    with pytest.raises(UserError, match="unknown emotion"):
+        editor.edit(PORTRAIT, emotion="gleeful")
+    with pytest.raises(UserError, match="not both"):
+        editor.edit(PORTRAIT, 0.5, 0.5, emotion="happy")
+    with pytest.raises(UserError, match="max_faces"):
+        editor.edit(PORTRAIT, "sad", max_faces=0)
+
+
+def test_grid_and_animate_show_progress(editor, tmp_path, capsys):
+    editor.grid(PORTRAIT, n=3, progress=True)
+    assert "grid" in capsys.readouterr().err
+    editor.animate(PORTRAIT, [(0, 0), (1, 1)], tmp_path / "a.gif", fps=2, size=64, progress=True)
+    assert "animate" in capsys.readouterr().err
+    editor.grid(PORTRAIT, n=2)
+    assert capsys.readouterr().err == ""

@@ -62,6 +62,8 @@ def run_labels(args: argparse.Namespace) -> int:
 
     _setup_logging()
     weight = labels.CROWD_WEIGHT if args.weight is None else args.weight
+    if args.workers < 1 or (args.limit is not None and args.limit < 1):
+        raise UserError(f"--workers and --limit must be at least 1, got {args.workers} and {args.limit}")
     if not 0 <= weight <= 1:
         raise UserError(f"--weight must be in [0, 1], got {weight}")
     s = labels.derive_labels(args.data, args.output, plot=args.plot, weight=weight, workers=max(1, args.workers),
@@ -75,8 +77,12 @@ def run_prepare(args: argparse.Namespace) -> int:
     from affectedit.data.cache import prepare
 
     _setup_logging()
-    if args.size < 8:
-        raise UserError(f"--size must be at least 8, got {args.size}")
+    if not 8 <= args.size <= 1024:
+        raise UserError(f"--size must be 8..1024 pixels, got {args.size}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, got {args.limit}")
     s = prepare(args.data, args.format, args.output, labels=args.labels, split=args.split, size=args.size,
                 workers=max(1, args.workers), limit=args.limit, force=args.force, progress=not args.no_progress)
     print(f"cached {s['count']} faces in {args.output}; skipped {s['skipped']}"
