@@ -60,10 +60,12 @@ class TrainingDiverged(UserError):
 
 
 def _kept(ckpt_path: Path, last_saved: int, out_dir) -> str:
-    """What a stop leaves behind: the last good checkpoint, or that none was written yet."""
+    """What a stop leaves behind (the last good checkpoint, or that none was written yet) and what to do."""
     if ckpt_path.is_file():
-        return f"the last good checkpoint (step {last_saved}) is kept in {out_dir}"
-    return f"no checkpoint was saved yet (none is kept in {out_dir}; the first is written at train.checkpoint_every)"
+        return (f"the last good checkpoint (step {last_saved}) is kept in {out_dir}. "
+                "Resume with a lower train.lr or train.mixed_precision=no")
+    return (f"no checkpoint was saved yet, so none is kept in {out_dir}. "
+            "Start again with a lower train.lr or train.mixed_precision=no")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -359,8 +361,7 @@ def train(
             for k, m in unwrapped.items():  # never replace the last good checkpoint by a diverged one
                 if not all(torch.isfinite(t).all() for t in m.state_dict().values() if t.is_floating_point()):
                     raise TrainingDiverged(
-                        f"the {k} weights became NaN or infinite by step {step}; {_kept(ckpt_path, last_saved, out_dir)}. "
-                        "Resume with a lower train.lr or train.mixed_precision=no")
+                        f"the {k} weights became NaN or infinite by step {step}; {_kept(ckpt_path, last_saved, out_dir)}")
             with deferred_interrupt():  # Ctrl-C while saving: finish the file, then stop
                 save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
         last_saved = step
@@ -446,8 +447,7 @@ def train(
                               loss_expr, loss_reg, loss_tid]).detach().float()
         if not torch.isfinite(values).all():
             raise TrainingDiverged(
-                f"a loss became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}. "
-                "Resume with a lower train.lr or train.mixed_precision=no"
+                f"a loss became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}"
             )
         step_optimizers(accelerator, opt_eg)
         if accelerator.scaler is not None:  # fp16: one scale update per training step, after all three steps
