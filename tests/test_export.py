@@ -1,4 +1,5 @@
-"""`affectedit export`: the ONNX graph G(E(image), label) computes what PyTorch computes.
+"""`affectedit export`: the ONNX graph of the whole crop edit computes what ``Editor.edit_crops``
+computes in PyTorch (the bundled warp model by default, and the tiny residual-mode checkpoint).
 
 Tolerance: outputs lie in [-1, 1]; the ONNX Runtime result must match the fp32 PyTorch result to
 1e-4 (max absolute difference) on real aligned faces, for batch 1 and a larger (dynamic) batch.
@@ -7,6 +8,8 @@ onnxruntime and onnx are the optional `export` dependencies: without them these 
 the command that installs them (they are part of what is shipped, so they are not skipped).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,37 +36,74 @@ def tiny_run(tiny_checkpoint):
     return tiny_checkpoint  # the session's 2-step tiny model (conftest)
 
 
-def _reference(checkpoint, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    from affectedit.checkpoint import load_checkpoint, models_from_checkpoint
-
-    _, m = models_from_checkpoint(load_checkpoint(checkpoint))
-    with torch.inference_mode():
-        return m["generator"](m["encoder"](x), y).numpy()
-
-
-def test_onnx_matches_pytorch_on_real_faces(ort, tiny_run, tiny_cache, tmp_path):
+def _check_graph(path, S: int):
     import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims == {"image": ["N", 3, S, S], "label": ["N", 2], "strength": ["N"]}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _compare(sess, editor, faces: torch.Tensor, seed: int = 0, changes: bool = True) -> float:
+    """Largest |ONNX - Editor.edit_crops| over batches 1 and all, two strengths."""
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for n in (1, len(faces)):
+        x = faces[:n]
+        y = torch.from_numpy(rng.uniform(-0.9, 0.9, (n, 2)).astype(np.float32))
+        for s in (1.0, 0.6):
+            (got,) = sess.run(None, {"image": x.numpy(), "label": y.numpy(), "strength": np.full(n, s, np.float32)})
+            want = editor.edit_crops(x, y, strength=s).numpy()
+            assert got.shape == want.shape == tuple(x.shape)
+            assert not changes or np.abs(want - x.numpy()).max() > 1e-2  # the edit changes something
+            worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def test_onnx_of_the_bundled_model_matches_the_editor(ort, tmp_path, monkeypatch):
+    """`affectedit export` with no --checkpoint and no -o: the bundled (warp) model's whole crop edit."""
+    from PIL import Image
+
+    from affectedit.editor import Editor
+    from affectedit.export import ort_session
+    from affectedit.faces import align_faces_batch, detect_faces
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["export"]) == 0
+    meta = _check_graph(tmp_path / "affectedit.onnx", 64)
+    editor = Editor.from_pretrained(device="cpu", precision="fp32")
+    assert meta["mode"] == editor.edit_config.mode == "warp" and float(meta["default_strength"]) == editor.edit_config.strength
+    root = Path(__file__).resolve().parents[1] / "examples"
+    crops = []
+    for name in ("london_001_neutral.jpg", "london_011_neutral.jpg"):
+        photo = Image.open(root / name).convert("RGB")
+        crops.append(align_faces_batch(photo, detect_faces(photo)[:1], 64))
+    faces = normalize(np.concatenate(crops))
+    worst = _compare(ort_session(tmp_path / "affectedit.onnx"), editor, faces)
+    assert worst <= ATOL, worst
+
+
+def test_onnx_matches_the_editor_in_residual_mode(ort, tiny_run, tiny_cache, tmp_path):
+    from affectedit.editor import Editor
+    from affectedit.export import ort_session
 
     out = tmp_path / "model.onnx"
     assert main(["export", "--checkpoint", str(tiny_run), "--format", "onnx", "-o", str(out)]) == 0
-    model = onnx.load(str(out))
-    onnx.checker.check_model(model)
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
-    assert dims == {"image": ["N", 3, 32, 32], "label": ["N", 2]}
+    meta = _check_graph(out, 32)
+    editor = Editor.from_checkpoint(tiny_run, device="cpu", precision="fp32")
+    assert meta["mode"] == editor.edit_config.mode == "residual"
+    faces = normalize(np.asarray(FaceCache(tiny_cache).images))  # real aligned LFW faces
+    worst = _compare(ort_session(out), editor, faces, changes=False)  # a 2-step model's residual change is ~1e-5
+    assert worst <= ATOL, worst
+    # The other settings a pixels-head model can be exported with (the graph builds them in).
+    from affectedit.export import edit_onnx_bytes
 
-    from affectedit.export import ort_session
-
-    sess = ort_session(out)
-    cache = FaceCache(tiny_cache)
-    faces = normalize(np.asarray(cache.images))  # real aligned LFW faces
-    rng = np.random.default_rng(0)
-    for n in (1, len(faces)):
-        x = faces[:n]
-        y = torch.from_numpy(rng.uniform(-1, 1, (n, 2)).astype(np.float32))
-        (got,) = sess.run(None, {"image": x.numpy(), "label": y.numpy()})
-        want = _reference(tiny_run, x, y)
-        assert got.shape == want.shape == (n, 3, 32, 32)
-        assert np.abs(got - want).max() <= ATOL
+    for options in ({"colour": "change"}, {"mode": "paper"}):
+        variant = Editor.from_checkpoint(tiny_run, device="cpu", precision="fp32", **options)
+        worst = _compare(ort_session(edit_onnx_bytes(variant)), variant, faces, changes=options.get("mode") == "paper")
+        assert worst <= ATOL, (options, worst)
 
 
 def test_export_weights_and_errors(tiny_run, tiny_cache, tmp_path, capsys):

@@ -13,16 +13,20 @@ _WEIGHTS_ONLY = ("mode", "strength", "colour", "label_range_from")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a trained model as ONNX (E and G as one graph) or as inference weights",
-        description="Export the encoder and generator of a checkpoint. --format onnx writes one graph "
-        "edited = G(E(image), label) with inputs image (N x 3 x S x S, [-1, 1]) and label (N x 2, valence "
-        "and arousal in [-1, 1]) and a dynamic batch N (needs `pip install affectedit[export]`). "
-        "--format weights writes model.safetensors (E and G in fp16, the model config and the edit settings "
-        "inside) into the folder -o names, which `Editor.from_pretrained(folder)` loads.",
+        help="export a model as ONNX (the whole crop edit as one graph) or as inference weights",
+        description="Export a model (default: the bundled one). --format onnx writes the whole edit of an "
+        "aligned face crop as one graph, as `Editor.edit` runs it with the settings stored with the weights: "
+        "inputs image (N x 3 x S x S, [-1, 1]), label (N x 2, valence and arousal in [-1, 1]) and strength "
+        "(N; the weights' own is in the metadata entry default_strength), output edited (N x 3 x S x S), a "
+        "dynamic batch N (needs `pip install 'affectedit[export]'`). --format weights writes model.safetensors "
+        "(E and G in fp16, the model config and the edit settings inside) into the folder -o names, which "
+        "`Editor.from_pretrained(folder)` loads.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="a training checkpoint (runs/NAME/checkpoint.pt) or exported weights (default: the bundled model)")
     p.add_argument("--format", choices=["onnx", "weights"], default="onnx", help="onnx (default) or weights")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="model.onnx for onnx; a folder for weights")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="the .onnx file for onnx (default: affectedit.onnx); the folder for weights (required)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.add_argument("--mode", choices=["residual", "paper", "warp"], default=None,
                    help="weights only: the edit mode stored with the weights (default: the checkpoint's, else residual)")
@@ -38,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    out = Path(args.output)
+    if args.output is None and args.format == "weights":
+        raise UserError("--format weights needs -o FOLDER (where model.safetensors is written)")
+    out = Path(args.output or "affectedit.onnx")
     if args.format == "onnx":
         from affectedit.export import export_onnx
 
@@ -48,11 +54,13 @@ def run_export(args: argparse.Namespace) -> int:
             raise UserError(f"ONNX output {out} should end in .onnx")
         if any(getattr(args, k) is not None for k in _WEIGHTS_ONLY):
             raise UserError("--mode, --strength, --colour and --label-range-from are stored with --format weights only "
-                            "(the ONNX graph computes G(E(x), y))")
+                            "(the ONNX graph uses the settings stored with the weights; strength is one of its inputs)")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
-        from affectedit.checkpoint import export_weights, load_checkpoint
+        from affectedit.checkpoint import export_weights, load_checkpoint, resolve_weights
         from affectedit.editor import EditConfig, label_range
+
+        source = args.checkpoint if args.checkpoint is not None else resolve_weights(None)
 
         if out.exists() and not out.is_dir():
             raise UserError(f"{out} is a file; --format weights writes a folder (model.safetensors)")
@@ -61,8 +69,8 @@ def run_export(args: argparse.Namespace) -> int:
             from affectedit.data.cache import FaceCache
 
             labels_range = label_range(FaceCache(args.label_range_from).labels)
-        settings = EditConfig.stored(load_checkpoint(args.checkpoint)).update(
+        settings = EditConfig.stored(load_checkpoint(source)).update(
             mode=args.mode, strength=args.strength, colour=args.colour, label_range=labels_range)
-        path = export_weights(args.checkpoint, out, edit=dataclasses.asdict(settings), force=args.force)
+        path = export_weights(source, out, edit=dataclasses.asdict(settings), force=args.force)
     print(f"wrote {path}")
     return 0
