@@ -5,9 +5,10 @@ Public API (imported lazily so that `import affectedit` stays fast):
     affectedit.EditConfig      -- how an Editor edits (mode, strength, colour, label_range)
     affectedit.emotion         -- emotion("happy") -> (valence, arousal)
     affectedit.detect_faces    -- faces in a PIL image with box, landmarks and alignment transform
-    affectedit.metrics         -- rmse, ccc, sagr
+    affectedit.metrics         -- rmse (needs the [eval] extra), ccc, sagr
+    affectedit.UserError       -- what goes wrong that the user can fix (a ValueError); its message says what to do
 
-The version is written here only (pyproject.toml reads it).
+The version is written here only (pyproject.toml reads it). Typed: the package ships ``py.typed``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ _LAZY = {
     "detect_faces": ("affectedit.faces", "detect_faces"),
     "Config": ("affectedit.config", "Config"),
     "get_config": ("affectedit.config", "get_config"),
+    "UserError": ("affectedit.errors", "UserError"),
 }
+
+__all__ = ["Config", "EditConfig", "Editor", "UserError", "__version__", "detect_faces", "emotion", "get_config", "metrics"]
 
 
 def __getattr__(name):
