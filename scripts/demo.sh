@@ -8,3 +8,4 @@ mkdir -p out
 .venv/bin/affectedit edit examples/london_001_neutral.jpg --valence -0.7 --arousal -0.3 -o out/sad.jpg --force
 .venv/bin/affectedit grid examples/london_001_neutral.jpg -o out/grid.png --force
 echo "demo outputs: out/happy.jpg out/sad.jpg out/grid.png"
+echo "the web page: .venv/bin/affectedit serve  (then open http://127.0.0.1:7860)"

@@ -182,7 +182,9 @@ def test_no_path_traversal(server):
 
 
 def test_foreign_host_header_refused(server):
-    status, _, body = request(server, "GET", "/api/info", headers={"Host": "evil.example:7860"})
+    status, headers, body = request(server, "GET", "/api/info", headers={"Host": "evil.example:7860"})
+    assert status == 403 and headers["X-Frame-Options"] == "DENY" and "localhost" in error_of(body)
+    status, _, _ = request(server, "POST", "/api/photos", b"x" * 100, headers={"Host": "evil.example"})
     assert status == 403
     assert request(server, "GET", "/api/info", headers={"Host": "localhost:7860"})[0] == 200
 

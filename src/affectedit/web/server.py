@@ -672,11 +672,6 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.loopback:
-            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
-            if not _host_ok(host):
-                response = _error_response(HTTPError(403, "unexpected Host header; open the page via localhost", close=True))
-                return await response(scope, receive, send)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
@@ -686,6 +681,11 @@ class Guard:
                         headers[key] = value
             await send(message)
 
+        if self.loopback:
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            if not _host_ok(host):
+                response = _error_response(HTTPError(403, "unexpected Host header; open the page via localhost", close=True))
+                return await response(scope, receive, send_with_headers)
         await self.app(scope, receive, send_with_headers)
 
 
