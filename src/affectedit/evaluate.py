@@ -465,6 +465,8 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     result: dict = {
         "checkpoint": {"path": str(checkpoint), "step": int(editor.step), "image_size": S,
                        "head": getattr(getattr(getattr(editor, "config", None), "model", None), "head", None),
+                       "trained_against_fer": float(getattr(getattr(getattr(editor, "config", None), "loss", None),
+                                                            "expression", 0) or 0) > 0,
                        "label_range": editor.edit_config.label_range,
                        "edit": dataclasses.asdict(editor.edit_config)},
         "data": {"path": str(data), "images": len(cache), "faces": n, "offset": int(offset), "indices": chosen.tolist(),
