@@ -154,20 +154,20 @@ def _spread(count: int, n: int) -> list[int]:
 
 
 def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[dict]:
-    """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity
-    (sorted), spread evenly over that list. ``calibration``: instead, up to ``n`` of the identities
-    that the report's selection (60 faces) leaves out, for choosing settings on faces disjoint from
-    the reported ones."""
+    """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity of the
+    report's part (``evaluate.identity_part``, the same people as Table IV's report), spread evenly
+    over them (sorted). ``calibration``: the same from the calibration part instead, for choosing
+    settings on people that no report shows, whatever ``n``."""
+    from affectedit.evaluate import CALIBRATION_PART, REPORT_PART, identity_part
+
     root = Path(lfw_root)
     first: dict[str, str] = {}
     with open(root / "labels.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row["split"] == "val" and row["emotion"] == "neutral":
                 first.setdefault(row["identity"], row["image"])
-    items = [first[k] for k in sorted(first)]
-    if calibration:
-        report = set(_spread(len(items), 60))
-        items = [im for i, im in enumerate(items) if i not in report]
+    part = CALIBRATION_PART if calibration else REPORT_PART
+    items = [first[k] for k in sorted(first) if identity_part(k) == part]
     items = [items[i] for i in _spread(len(items), n)]
     return [{"id": Path(im).stem, "neutral": root / "images" / im, "smiling": None} for im in items]
 
