@@ -253,7 +253,7 @@ def check_page(server, browser, tmp_path):
     assert browser.find_element("id", "face-picker").is_displayed()
     assert len(browser.find_elements("css selector", ".face-box")) == 2
     disc, r = disc_radius(browser)
-    ActionChains(browser, duration=0).move_to_element_with_offset(disc, round(-0.6 * r), round(-0.4 * r)).click().perform()
+    ActionChains(browser, duration=0).move_to_element_with_offset(disc, round(0.75 * r), round(-0.45 * r)).click().perform()
     wait_for(browser, lambda d: page_state(d) == "done", "the edit of both faces")
     browser.find_element("css selector", "#face-buttons button[data-face='1']").click()
     wait_for(browser, lambda d: page_state(d) == "done" and "(face 2)" in d.find_element("id", "status").text, "the edit of face 2")
