@@ -893,3 +893,46 @@ def test_nan_stop_does_not_claim_a_checkpoint_that_does_not_exist(tiny_cache, tm
     rc, _, err = _train(capsys, tiny_cache, tmp_path / "run")
     line = assert_one_line_error(rc, err, "NaN or infinite at step 0", "no checkpoint was saved yet")
     assert rc == 2 and "step 0) is kept" not in line and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.fixture()
+def small_tmpfs(tmp_path):
+    """A real 2 MB tmpfs (needs root with CAP_SYS_ADMIN; skipped elsewhere), unmounted afterwards."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_real_nearly_full_tmpfs_never_gets_a_truncated_jpeg(ck, tmp_path, capsys, small_tmpfs):
+    """The issue's reproduction on a real file system: with free space just short of the JPEG's size
+    Pillow's encoder writes the first 64 KB block, the last write() comes back short and nobody
+    notices. Every level from 48 KB below the output's size to just above it: either the complete
+    new file, or the old file untouched with one line and status 2."""
+    args = ["edit", PORTRAIT, "--emotion", "happy", "--mode", "paper", *ck]
+    assert cli(capsys, *args, "-o", tmp_path / "ref.jpg")[0] == 0
+    size = (tmp_path / "ref.jpg").stat().st_size
+    old = PORTRAIT2.read_bytes()
+    out, filler = small_tmpfs / "out.jpg", small_tmpfs / "filler"
+    outcomes = []
+    for free in range(size - 48 * 1024, size + 8 * 1024, 4096):
+        filler.unlink(missing_ok=True)
+        out.write_bytes(old)
+        st = os.statvfs(small_tmpfs)
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - max(free, 0)))
+        rc, stdout, err = cli(capsys, *args, "-o", out, "--force")
+        if rc == 0:
+            assert out.read_bytes() == (tmp_path / "ref.jpg").read_bytes(), free  # complete, never cut
+            outcomes.append("new")
+        else:
+            assert_one_line_error(rc, err, "disk full", "the old file is untouched")
+            assert rc == 2 and out.read_bytes() == old and "wrote" not in stdout, free
+            outcomes.append("old kept")
+        assert not [p for p in small_tmpfs.iterdir() if p.name.startswith(".")]
+    assert "old kept" in outcomes and outcomes[-1] == "new", outcomes
