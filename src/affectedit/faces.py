@@ -243,10 +243,10 @@ def detect_faces(
     The HOG detector runs on a copy whose longest side is at most ``detect_size`` (None: full
     resolution); boxes are mapped back and the 5-point landmarks are found on the full-resolution
     photo.  ``upsample=None`` (auto) runs every pass and merges what they find (no early stop, so
-    a group photo loses no face that one pass sees): 0 and 1 pyramid upsamplings of the working
-    copy (faces down to ~40 px in it, i.e. 1/10 of the longest side) and, for photos larger than
-    twice ``detect_size``, a copy at 4 x ``detect_size`` (faces down to 1/20 of the longest side,
-    e.g. the ~100 px faces of a 30-face collage).  A face seen by several passes is kept once, as
+    a group photo loses no face that one pass sees): the working copy as it is, then either the
+    working copy upsampled once (faces down to ~40 px in it, i.e. 1/10 of the longest side) or,
+    for photos larger than twice ``detect_size``, a copy at 4 x ``detect_size`` (faces down to
+    1/20 of the longest side, e.g. the ~100 px faces of a 30-face collage).  A face seen by several passes is kept once, as
     the first pass saw it.  An integer ``upsample`` runs exactly that one pass.  ``threshold`` is
     the HOG score threshold (higher: fewer false positives).  ``max_faces`` keeps the largest N
     (None: all).  Accepts any PIL mode."""
@@ -259,7 +259,9 @@ def detect_faces(
     else:
         passes = [(detect_size, 0), (detect_size, 1)]
         if detect_size is not None and max(W, H) > 2 * detect_size:
-            passes.append((4 * detect_size, 0))  # large photo: small faces, at 4x the resolution
+            # large photo: small faces, at 4x the resolution (this pass sees every face the upsampled
+            # pass of the small copy would, down to 1/20 of the longest side instead of 1/10)
+            passes[1] = (4 * detect_size, 0)
     det = _hog_detector()
     boxes: list[tuple[tuple[float, float, float, float], float]] = []
     copies: dict = {}
