@@ -30,8 +30,9 @@ at most ``max_connections`` connections (uvicorn answers 503 beyond); at most ``
 bytes of request bodies held in memory at once. Bodies are read asynchronously, so slow clients
 hold a socket and a few kB, never a thread: they cannot starve the others. The model runs one job
 at a time in one worker thread (parallel CPU inference would only fight over the same cores),
-behind a bounded queue (``max_pending`` jobs; more are told to retry with 503), previews first: a
-preview is a few milliseconds of model time and the person dragging the dial is waiting for it.
+behind a bounded queue (``max_pending`` jobs; more are told to retry with 503), previews first
+within a small slack (earliest deadline first: a preview is a few milliseconds of model time and
+the person dragging the dial is waiting for it, but no edit waits for ever behind newer previews).
 Decoding an upload and finding its faces (PIL and dlib, which release the GIL) run on a second
 thread with its own bounded queue, so that on a 2-core machine a new upload does not stall
 everyone's previews.
@@ -368,9 +369,17 @@ class Engine:
         return encode_image(out, entry.fmt), entry.fmt
 
 
+# Job kinds and their slack in seconds (see JobQueue): the person dragging the dial waits for a
+# preview; a full edit may wait a little longer; uploads are the slowest jobs.
+PREVIEW, EDIT, UPLOAD = 0, 1, 2
+SLACK = {PREVIEW: 0.0, EDIT: 0.25, UPLOAD: 0.5}
+
+
 class JobQueue:
-    """One worker thread runs the jobs one at a time, the highest priority (lowest number) first,
-    in arrival order within a priority; at most ``max_pending`` jobs queued or running."""
+    """One worker thread runs the jobs one at a time, earliest deadline first: a job's deadline is
+    its arrival time plus the slack of its kind (``SLACK[priority]``), so a preview overtakes an
+    edit that arrived less than a quarter of a second before it, but nothing waits behind newer
+    jobs for ever. At most ``max_pending`` jobs queued or running."""
 
     def __init__(self, max_pending: int, name: str = "affectedit-model"):
         self.max_pending = int(max_pending)
@@ -393,7 +402,8 @@ class JobQueue:
             with self._cv:
                 if self._closed:
                     raise HTTPError(503, "the server is shutting down")
-                heapq.heappush(self._heap, (priority, next(self._count), loop, future, fn, args))
+                deadline = time.monotonic() + SLACK.get(priority, 0.0)
+                heapq.heappush(self._heap, (deadline, next(self._count), loop, future, fn, args))
                 self._cv.notify()
             return await future
         finally:
@@ -707,8 +717,6 @@ def _image_response(data: bytes, fmt: str, valence: float, arousal: float, t0: f
     })
 
 
-# Job priorities: the person dragging the dial waits for a preview; uploads are the slowest jobs.
-PREVIEW, EDIT, UPLOAD = 0, 1, 2
 
 
 def create_app(editor, emotions: dict | None = None, limits: Limits | None = None, loopback: bool = True) -> Starlette:
