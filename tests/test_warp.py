@@ -127,3 +127,26 @@ def test_sample_targets_draws_the_negative_anchors_more_often_when_asked():
     a = sample_targets(64, torch.Generator().manual_seed(1))
     b = sample_targets(64, torch.Generator().manual_seed(1), 0.5, 1.0)
     assert torch.equal(a, b)
+
+
+def test_basis_motion_moves_only_along_the_basis_and_not_at_the_own_label():
+    import torch
+
+    from affectedit.config import get_config
+    from affectedit.networks import MOTION_RANGE, build_models
+
+    cfg = get_config("tiny", ["model.head=warp", "model.appearance=basis", "model.motion=basis"]).model
+    g = build_models(cfg)["generator"]
+    k, s = g.motion_basis.shape[0], cfg.image_size
+    with torch.no_grad():
+        g.motion_basis.copy_(torch.randn(k, 2, s, s, generator=torch.Generator().manual_seed(0)) * 0.01)
+        torch.nn.init.normal_(g.beta.weight, 0, 0.05)
+    code = torch.randn(4, cfg.z_dim + 2)
+    y = code[:, cfg.z_dim:].clone()
+    assert g(code, y).flow.abs().max() == 0  # asking a face for its own label: no motion
+    flow = g(code, y + 0.5).flow.detach()
+    assert flow.abs().max() > 0
+    # the flow is a combination of the basis fields with coefficients within the range
+    coef = torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T
+    assert torch.allclose(torch.einsum("nk,kd->nd", coef, g.motion_basis.flatten(1)), flow.flatten(1), atol=1e-6)
+    assert coef.abs().max() <= MOTION_RANGE + 1e-4
