@@ -383,6 +383,12 @@ def test_live_upload_preview_and_full_edit(server):
     assert request(server, "GET", f"/api/photos/{pid}/preview?valence=0.9&arousal=0.3&strength=9")[0] == 400
     status, _, body = request(server, "GET", "/api/photos/nope/preview?valence=0&arousal=0")
     assert status == 404 and "upload it again" in error_of(body)
+    # Uploads without a face, or that are no image, are refused with a message for the page.
+    blank = encoded(Image.new("RGB", (200, 200), (128, 128, 128)), "PNG")
+    status, _, body = request(server, "POST", "/api/photos", blank, {"Content-Type": "image/png"})
+    assert status == 422 and "no face" in error_of(body)
+    status, _, body = request(server, "POST", "/api/photos", b"GIF89a not really", {"Content-Type": "image/gif"})
+    assert status == 400 and "not an image" in error_of(body)
 
 
 @pytest.fixture(scope="module")
