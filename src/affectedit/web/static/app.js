@@ -383,6 +383,7 @@ hold.addEventListener("pointerdown", (event) => { showBefore(true); hold.setPoin
 for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) hold.addEventListener(name, () => showBefore(false));
 hold.addEventListener("keydown", (event) => { if (event.key === " " || event.key === "Enter") { event.preventDefault(); showBefore(true); } });
 hold.addEventListener("keyup", () => showBefore(false));
+hold.addEventListener("contextmenu", (event) => event.preventDefault()); // a long press on a phone
 
 function showAfter(blob, kind) {
   const url = URL.createObjectURL(blob);
