@@ -407,7 +407,7 @@ def _ffmpeg():
     try:
         import imageio_ffmpeg
     except ImportError:
-        raise UserError("writing MP4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or write a .gif") from None
+        raise UserError('writing MP4 needs the video extra: pip install "affectedit[video]" (imageio-ffmpeg); or write a .gif') from None
     return imageio_ffmpeg
 
 
