@@ -119,7 +119,7 @@ def test_faces_found_and_edited_are_reported(ck, tmp_path, capsys):
 
 
 def test_mp4_is_h264_and_every_frame_reads_back(ck, tmp_path):
-    import imageio_ffmpeg
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")  # the video extra
 
     out = tmp_path / "a.mp4"
     assert main(["animate", str(PORTRAIT), "--path", "0,0 happy", "--fps", "4", "--size", "96", "-o", str(out), *ck]) == 0
