@@ -313,6 +313,12 @@ def test_animate_gif_and_mp4(colour_editor, tmp_path):
         colour_editor.animate(PORTRAIT, [(0, 0), (1, 1)], out, force=False)
     with pytest.raises(UserError, match=r"\.gif or \.mp4"):
         colour_editor.animate(PORTRAIT, [(0, 0), (1, 1)], tmp_path / "a.avi")
+    try:
+        import imageio_ffmpeg  # noqa: F401 - the video extra
+    except ImportError:
+        with pytest.raises(UserError, match="video extra"):
+            colour_editor.animate(PORTRAIT, [(0, 0), (1, 1)], tmp_path / "a.mp4", fps=4, size=128)
+        return
     mp4 = colour_editor.animate(PORTRAIT, [(0, 0), (1, 1)], tmp_path / "a.mp4", fps=4, size=128)
     cap = cv2.VideoCapture(str(mp4))
     try:
