@@ -150,3 +150,24 @@ def test_basis_motion_moves_only_along_the_basis_and_not_at_the_own_label():
     coef = torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T
     assert torch.allclose(torch.einsum("nk,kd->nd", coef, g.motion_basis.flatten(1)), flow.flatten(1), atol=1e-6)
     assert coef.abs().max() <= MOTION_RANGE + 1e-4
+
+
+def test_basis_motion_peak_bounds_how_far_each_field_moves():
+    import torch
+
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=basis", "model.motion_peak=0.05"]).model
+    g = build_models(cfg)["generator"]
+    k, s = g.motion_basis.shape[0], cfg.image_size
+    with torch.no_grad():
+        g.motion_basis.copy_(torch.randn(k, 2, s, s, generator=torch.Generator().manual_seed(0)) * 0.01)
+        torch.nn.init.normal_(g.beta.weight, 0, 5.0)  # saturate the coefficients
+    code = torch.randn(8, cfg.z_dim + 2)
+    flow = g(code, code[:, cfg.z_dim:] + 0.6).flow.detach()
+    coef = torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T  # N x K
+    peak = g.motion_basis.norm(dim=1).flatten(1).amax(1)  # each field's largest move, grid units
+    moved = coef.abs() * peak  # how far each field's peak moves
+    assert moved.max() <= 2 * 0.05 + 1e-4  # 5% of the side = 0.1 grid units
+    assert moved.max() > 0.09  # saturated coefficients reach the bound

@@ -208,6 +208,7 @@ class WarpGenerator(Generator):
             self.register_buffer("basis", torch.zeros(len(BASIS_EMOTIONS), 3, cfg.image_size, cfg.image_size))
             self.alpha = nn.Linear(self.side * self.side * self.fc_channels + 4, len(BASIS_EMOTIONS))
         self.motion = cfg.motion
+        self.motion_peak = float(cfg.motion_peak)
         if cfg.motion == "basis":
             # Motion only along the training faces' mean expression motions (upper and lower face of
             # each expression, see affectedit.basis.motion_basis), with per-face coefficients in
@@ -243,7 +244,12 @@ class WarpGenerator(Generator):
         size = h.shape[-2:]
         gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
         if self.motion == "basis":
-            beta = MOTION_RANGE * torch.tanh(self.beta(torch.cat([trunk.flatten(1), cond], dim=1)))
+            beta = torch.tanh(self.beta(torch.cat([trunk.flatten(1), cond], dim=1)))
+            if self.motion_peak > 0:  # coefficient range per field: its peak moves at most motion_peak of the side
+                peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
+                beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
+            else:
+                beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
         else:
             coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)

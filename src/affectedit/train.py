@@ -275,13 +275,16 @@ def train(
         if accelerator.is_main_process:
             print(f"warm start from {tc.init_from}: {len(copied)} E/G tensors copied")
     if warp and not (resume and ckpt_path.exists()):
+        # The fixed bases, measured on the training data; a warm start from a model with the same
+        # bases (copied above, non-zero) keeps them: the landmark pass takes minutes.
         caches = [data, *([tc.extra_data] if tc.extra_data else [])]
-        if mc.appearance == "basis":
-            models["generator"].basis.copy_(appearance_basis(caches))
-        if mc.motion == "basis":
+        g = models["generator"]
+        if mc.appearance == "basis" and not g.basis.any():
+            g.basis.copy_(appearance_basis(caches))
+        if mc.motion == "basis" and not g.motion_basis.any():
             if accelerator.is_main_process:
                 print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")
-            models["generator"].motion_basis.copy_(motion_basis(caches))
+            g.motion_basis.copy_(motion_basis(caches))
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
