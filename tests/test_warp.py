@@ -171,3 +171,24 @@ def test_basis_motion_peak_bounds_how_far_each_field_moves():
     moved = coef.abs() * peak  # how far each field's peak moves
     assert moved.max() <= 2 * 0.05 + 1e-4  # 5% of the side = 0.1 grid units
     assert moved.max() > 0.09  # saturated coefficients reach the bound
+
+
+def test_hybrid_motion_frees_the_flow_only_below_the_nose():
+    import torch
+
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=hybrid"]).model
+    g = build_models(cfg)["generator"]
+    s = cfg.image_size
+    with torch.no_grad():  # no basis motion; a free flow everywhere
+        g.beta.weight.zero_()
+        g.beta.bias.zero_()
+        torch.nn.init.normal_(g.coarse.weight, 0, 0.5)
+        g.coarse.bias.fill_(1.0)
+    code = torch.randn(4, cfg.z_dim + 2)
+    flow = g(code, code[:, cfg.z_dim:] + 0.6).flow.detach()
+    upper, lower = flow[:, :, : int(0.4 * s)], flow[:, :, int(0.62 * s):]
+    assert upper.abs().max() < 0.01 * lower.abs().max()  # eyes and brows: only the basis may move them
+    assert lower.abs().max() > 0.05

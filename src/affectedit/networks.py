@@ -171,6 +171,10 @@ BASIS_EMOTIONS = ("happiness", "surprise", "sadness", "anger")
 # people of a crowd-labelled expression is milder than a clear one).
 MOTION_RANGE = 3.0
 
+# motion="hybrid": the free flow acts from this height of the aligned crop down (the nose tip; dlib's
+# mean landmarks on the training crops: brows 0.19, eyes 0.30, nose tip 0.49, mouth 0.70).
+LOWER_FACE_FROM = 0.52
+
 # The edit fades in over this distance between the asked label and the face's own (y_src): asking
 # a face for the expression it shows changes nothing, by construction.
 GATE = 0.25
@@ -209,7 +213,14 @@ class WarpGenerator(Generator):
             self.alpha = nn.Linear(self.side * self.side * self.fc_channels + 4, len(BASIS_EMOTIONS))
         self.motion = cfg.motion
         self.motion_peak = float(cfg.motion_peak)
-        if cfg.motion == "basis":
+        if cfg.motion == "hybrid":
+            # Free flow below the nose only (a fixed smooth mask: rows below ~0.52 of the aligned
+            # crop, where the nose tip sits), the basis motion everywhere: the mouth may take the
+            # shape a face needs, the eyes and brows move only as real expressions move them.
+            rows = (torch.arange(cfg.image_size, dtype=torch.float32) + 0.5) / cfg.image_size
+            self.register_buffer("lower_face", torch.sigmoid((rows - LOWER_FACE_FROM) / 0.025)[None, None, :, None].expand(1, 1, -1, cfg.image_size).clone(),
+                                 persistent=False)
+        if cfg.motion in ("basis", "hybrid"):
             # Motion only along the training faces' mean expression motions (upper and lower face of
             # each expression, see affectedit.basis.motion_basis), with per-face coefficients in
             # [-MOTION_RANGE, MOTION_RANGE]: smooth, human geometry by construction.
@@ -243,7 +254,7 @@ class WarpGenerator(Generator):
                 coarse = self.coarse(h)
         size = h.shape[-2:]
         gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
-        if self.motion == "basis":
+        if self.motion in ("basis", "hybrid"):
             beta = torch.tanh(self.beta(torch.cat([trunk.flatten(1), cond], dim=1)))
             if self.motion_peak > 0:  # coefficient range per field: its peak moves at most motion_peak of the side
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
@@ -251,6 +262,10 @@ class WarpGenerator(Generator):
             else:
                 beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
+            if self.motion == "hybrid":
+                coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+                free = self.max_flow * torch.tanh(coarse + h[:, :2])
+                flow = flow + gate * self.lower_face.to(h.dtype) * free
         else:
             coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
             flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
@@ -351,8 +366,8 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
         raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
     if cfg.appearance not in ("free", "basis"):
         raise ValueError(f"model.appearance must be 'free' or 'basis', got {cfg.appearance!r}")
-    if cfg.motion not in ("free", "basis"):
-        raise ValueError(f"model.motion must be 'free' or 'basis', got {cfg.motion!r}")
+    if cfg.motion not in ("free", "basis", "hybrid"):
+        raise ValueError(f"model.motion must be 'free', 'basis' or 'hybrid', got {cfg.motion!r}")
     models = {
         "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),
