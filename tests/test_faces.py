@@ -193,3 +193,31 @@ def test_small_face_in_large_photo_and_face_at_edge(portrait):
     before, after = np.asarray(edge), np.asarray(out)
     assert np.array_equal(before[:, -100:], after[:, -100:])  # far right: hair and wall untouched
     assert not np.array_equal(before, after)
+
+
+def test_a_portrait_skips_the_small_face_pass_unless_asked(monkeypatch):
+    """A face of a third of the photo makes it a portrait: one HOG pass; portrait=None runs both."""
+    from PIL import Image
+
+    from affectedit import faces
+    from conftest import LONDON
+
+    photo = Image.open(sorted((LONDON / "images" / "neutral_front").glob("*.jpg"))[0]).convert("RGB")
+    runs = []
+    real = faces._hog_detector
+
+    class Counting:
+        def __init__(self, det):
+            self.det = det
+
+        def run(self, *a):
+            runs.append(a[1])
+            return self.det.run(*a)
+
+    monkeypatch.setattr(faces, "_hog_detector", lambda: Counting(real()))
+    one = faces.detect_faces(photo)
+    assert len(one) == 1 and runs == [0]
+    runs.clear()
+    both = faces.detect_faces(photo, portrait=None)
+    assert len(both) == 1 and runs == [0, 1]
+    assert one[0].box == pytest.approx(both[0].box)

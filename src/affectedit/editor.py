@@ -220,7 +220,11 @@ class Editor:
     ``precision``: "auto" (``runtime.pick_precision``), "fp32" or "bf16"; ``threads``: torch CPU
     threads per call (None: ``runtime.ThreadPolicy``); ``edit_config`` and the EditConfig fields
     as keywords (``mode=...``): how to edit. On the CPU the networks run with the channels_last
-    layout (oneDNN's fast layout for these convolutions, ~2x over NCHW, benchmarks/run.py)."""
+    layout (oneDNN's fast layout for these convolutions, ~2x over NCHW, benchmarks/run.py).
+    ``all_faces`` (attribute, False): look for small faces even in a portrait (``faces.detect_faces``'
+    ``portrait``; 4-5x slower detection)."""
+
+    all_faces: bool = False
 
     def __init__(self, encoder: torch.nn.Module, generator: torch.nn.Module, config, device=None,
                  precision: str = "auto", batch_size: int = 64, threads: int | None = None,
@@ -402,11 +406,11 @@ class Editor:
 
     def _faces(self, photo: Image.Image, name: str, face: int | None, max_faces: int | None = MAX_FACES):
         """(faces to edit, number found): every face (the largest ``max_faces``), or face ``face``."""
-        from affectedit.faces import detect_faces
+        from affectedit.faces import PORTRAIT_SHARE, detect_faces
 
         if max_faces is not None and (isinstance(max_faces, bool) or not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
             raise UserError(f"max_faces must be a positive integer (or None: no bound), got {max_faces!r}")
-        found = detect_faces(photo)
+        found = detect_faces(photo, portrait=None if self.all_faces else PORTRAIT_SHARE)
         if not found:
             raise UserError(f"no face found in {name}; use a photo with a clearly visible, roughly frontal face")
         if face is None:

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="edit only face N (0 = largest); default: every face")
     p.add_argument("--max-faces", type=int, default=None, metavar="N",
                    help="edit at most the N largest faces of each photo (default: 100); the number found and edited is reported")
+    p.add_argument("--all-faces", action="store_true",
+                   help="look for small faces even beside a large one (by default a photo with a face of a third of its "
+                   "height is taken for a portrait and the slow small-face search is skipped)")
     _model_args(p)
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=run_edit)
@@ -104,8 +107,11 @@ def _load_editor(args: argparse.Namespace):
     precision = "fp32" if args.fp32 else "auto"
     options = {"mode": args.mode, "strength": args.strength, "colour": args.colour}
     if args.checkpoint:
-        return Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision, **options)
-    return Editor.from_pretrained(device=args.device, precision=precision, **options)
+        editor = Editor.from_checkpoint(args.checkpoint, device=args.device, precision=precision, **options)
+    else:
+        editor = Editor.from_pretrained(device=args.device, precision=precision, **options)
+    editor.all_faces = bool(getattr(args, "all_faces", False))
+    return editor
 
 
 # ----------------------------------------------------------------------------------- edit
