@@ -527,3 +527,28 @@ def test_cli_serve_refuses_absurd_values(capsys):
         assert "--max-upload-mb must be a number of megabytes" in err and err.count("\n") == 1, err
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_odd_photos_edit_or_get_a_clear_4xx(server, tmp_path):
+    """The files of issue 16 on the page's API: a 16-bit grey PNG and a JPEG whose EXIF breaks
+    Pillow's exif_transpose are edited like on the command line; a fuzzed TIFF is a 400, never a 500."""
+    import numpy as np
+
+    from test_reliability import _broken_exif_jpeg, _fuzzed_tiff
+
+    photo = Image.open(portrait()).convert("RGB").resize((240, 240))
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.asarray(photo.convert("L")).astype(np.uint16) * 257).save(grey16)
+    exif = tmp_path / "exif.jpg"
+    _broken_exif_jpeg(exif, photo)
+    for path in (grey16, exif):
+        status, _, body = request(server, "POST", "/api/edit?valence=0.5&arousal=0.5", path.read_bytes())
+        assert status == 200, (path.name, body[:300])
+        edited = Image.open(io.BytesIO(body))
+        assert edited.size == (240, 240)
+        assert np.asarray(edited.convert("L")).mean() < 250  # not clipped to white
+    tiff = tmp_path / "fuzzed.tif"
+    _fuzzed_tiff(tiff)
+    status, _, answer = request(server, "POST", "/api/edit?valence=0.5&arousal=0.5", tiff.read_bytes())
+    assert 400 <= status < 500, answer
+    assert error_of(answer)

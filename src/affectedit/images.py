@@ -145,9 +145,16 @@ def upright(img: Image.Image) -> Image.Image:
     except Exception:  # noqa: BLE001 - e.g. struct.error re-writing a mistyped tag: turn the pixels ourselves
         method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
         try:
-            return img.transpose(method) if method is not None else img
+            if method is None:
+                return img
+            out = img.transpose(method)
         except Exception:  # noqa: BLE001
             return img
+        # the pixels are upright now: drop the (damaged) EXIF block that still says "rotate", so that
+        # reading this image again (the web page hands its decoded upload to Editor.edit) does not turn it twice
+        for key in ("exif", "Raw profile type exif", "XML:com.adobe.xmp"):
+            out.info.pop(key, None)
+        return out
 
 
 def _eight_bit(img: Image.Image) -> Image.Image:
