@@ -276,3 +276,26 @@ def check_page(server, browser, tmp_path):
     upload(browser, photo)
     assert not browser.find_element("id", "upload-error").is_displayed()
     print(f"screenshots: {ARTIFACTS}/web_desktop.png web_phone.png web_faces.png web_error.png; {n_labels} labels on the disc")
+
+
+def test_mp4_from_animate_plays_in_chromium(tiny_checkpoint, tmp_path):
+    """`affectedit animate -o x.mp4` (H.264, yuv420p through imageio-ffmpeg) decodes in Chromium's
+    <video>: it reaches "enough data", has the frame size and plays to its end."""
+    pytest.importorskip("imageio_ffmpeg")  # the video extra
+    from affectedit.cli import main
+
+    video = tmp_path / "a.mp4"
+    photo = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "london-portraits" / "images" / "neutral_front").glob("*.jpg"))[0]
+    assert main(["animate", str(photo), "--path", "0,0 happy sad", "--fps", "8", "--size", "128",
+                 "-o", str(video), "--checkpoint", str(tiny_checkpoint)]) == 0
+    page = tmp_path / "video.html"
+    page.write_text('<!doctype html><video id="v" muted src="a.mp4"></video>')
+    with chromium(tmp_path / "profile") as driver:
+        driver.get(page.as_uri())
+        wait_for(driver, lambda d: d.execute_script("return document.getElementById('v').readyState") >= 4,
+                 "the MP4 to load in <video>", timeout=30)
+        size = driver.execute_script("const v = document.getElementById('v'); return [v.videoWidth, v.videoHeight, v.duration]")
+        assert size[:2] == [128, 128] and size[2] > 0
+        driver.execute_script("document.getElementById('v').play()")
+        wait_for(driver, lambda d: d.execute_script("return document.getElementById('v').ended"), "the MP4 to play to its end", timeout=30)
+        assert driver.execute_script("return document.getElementById('v').error") is None
