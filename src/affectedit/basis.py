@@ -80,11 +80,10 @@ def face_landmarks(crops: np.ndarray) -> np.ndarray:
     crops (N x S x S x 3 uint8), found on the crop enlarged 4x with dlib's frontal detector."""
     from PIL import Image
 
-    from affectedit.faces import _dlib, dlib_model_file
+    from affectedit.faces import _hog_detector
+    from affectedit.photo_metrics import _model
 
-    dlib = _dlib()
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(dlib_model_file("shape_predictor_68_face_landmarks.dat")))
+    detector, predictor = _hog_detector(), _model("sp68")  # loaded once per process
     out = np.full((len(crops), 68, 2), np.nan)
     for i, crop in enumerate(crops):
         size = crop.shape[0] * _UPSCALE

@@ -188,8 +188,11 @@ class WarpGenerator(Generator):
     transposed convolution, so the change depends on where the expression starts and ends.
     flow = g * max_flow * tanh(up(coarse) + fine); mask = g * sigmoid(logit - 3) (mask and colour
     at half resolution: shading and shapes, not pixel patterns); colour = tanh; g = min(1,
-    |y - y_src| / GATE). Returns :class:`Fields`; :func:`compose` applies them to the input crop,
-    ``affectedit.warp`` (upsampled) to the original photo."""
+    |y - y_src| / GATE). ``model.motion`` "basis" replaces that flow by a mix of the training
+    faces' mean expression motions, "hybrid" adds the free flow below the nose to it; ``model.
+    appearance`` "basis" replaces mask and colour by a mix of fixed expression directions.
+    Returns :class:`Fields`; :func:`compose` applies them to the input crop, ``affectedit.warp``
+    (upsampled) to the original photo."""
 
     head = "warp"
 
@@ -250,12 +253,18 @@ class WarpGenerator(Generator):
                 h = h + self.cond[j](cond)[:, :, None, None].to(h.dtype)
                 j += 1
             h = layer(h)
-            if i == self.coarse_after:
+            if i == self.coarse_after and self.motion != "basis":
                 coarse = self.coarse(h)
         size = h.shape[-2:]
         gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
-        if self.motion in ("basis", "hybrid"):
-            beta = torch.tanh(self.beta(torch.cat([trunk.flatten(1), cond], dim=1)))
+        coefficients_in = torch.cat([trunk.flatten(1), cond], dim=1)  # what the basis coefficients are read from
+        if coarse is not None:  # the free flow ("free" everywhere, "hybrid" below the nose)
+            coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+            free = self.max_flow * torch.tanh(coarse + h[:, :2])
+        if self.motion == "free":
+            flow = gate * free
+        else:
+            beta = torch.tanh(self.beta(coefficients_in))
             if self.motion_peak > 0:  # coefficient range per field: its peak moves at most motion_peak of the side
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
                 beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
@@ -263,14 +272,9 @@ class WarpGenerator(Generator):
                 beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
             if self.motion == "hybrid":
-                coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-                free = self.max_flow * torch.tanh(coarse + h[:, :2])
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
-        else:
-            coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-            flow = gate * self.max_flow * torch.tanh(coarse + h[:, :2])
         if self.appearance == "basis":
-            alpha = 1.5 * torch.tanh(self.alpha(torch.cat([trunk.flatten(1), cond], dim=1)))
+            alpha = 1.5 * torch.tanh(self.alpha(coefficients_in))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
             return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
         smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
