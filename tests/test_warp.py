@@ -129,25 +129,42 @@ def test_sample_targets_draws_the_negative_anchors_more_often_when_asked():
     assert torch.equal(a, b)
 
 
-def test_basis_motion_moves_only_along_the_basis_and_not_at_the_own_label():
+def _motion_generator(overrides: list[str], beta_std: float):
+    """A tiny warp generator with random motion fields and coefficient weights of ``beta_std``."""
     import torch
 
     from affectedit.config import get_config
-    from affectedit.networks import MOTION_RANGE, build_models
+    from affectedit.networks import build_models
 
-    cfg = get_config("tiny", ["model.head=warp", "model.appearance=basis", "model.motion=basis"]).model
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=basis", *overrides]).model
     g = build_models(cfg)["generator"]
     k, s = g.motion_basis.shape[0], cfg.image_size
     with torch.no_grad():
         g.motion_basis.copy_(torch.randn(k, 2, s, s, generator=torch.Generator().manual_seed(0)) * 0.01)
-        torch.nn.init.normal_(g.beta.weight, 0, 0.05)
+        torch.nn.init.normal_(g.beta.weight, 0, beta_std)
+    return g, cfg
+
+
+def _coefficients(g, flow):
+    """Per-face coefficients (N x K) of ``flow`` in the generator's motion fields (least squares)."""
+    import torch
+
+    return torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T
+
+
+def test_basis_motion_moves_only_along_the_basis_and_not_at_the_own_label():
+    import torch
+
+    from affectedit.networks import MOTION_RANGE
+
+    g, cfg = _motion_generator(["model.appearance=basis"], 0.05)
     code = torch.randn(4, cfg.z_dim + 2)
     y = code[:, cfg.z_dim:].clone()
     assert g(code, y).flow.abs().max() == 0  # asking a face for its own label: no motion
     flow = g(code, y + 0.5).flow.detach()
     assert flow.abs().max() > 0
     # the flow is a combination of the basis fields with coefficients within the range
-    coef = torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T
+    coef = _coefficients(g, flow)
     assert torch.allclose(torch.einsum("nk,kd->nd", coef, g.motion_basis.flatten(1)), flow.flatten(1), atol=1e-6)
     assert coef.abs().max() <= MOTION_RANGE + 1e-4
 
@@ -155,18 +172,10 @@ def test_basis_motion_moves_only_along_the_basis_and_not_at_the_own_label():
 def test_basis_motion_peak_bounds_how_far_each_field_moves():
     import torch
 
-    from affectedit.config import get_config
-    from affectedit.networks import build_models
-
-    cfg = get_config("tiny", ["model.head=warp", "model.motion=basis", "model.motion_peak=0.05"]).model
-    g = build_models(cfg)["generator"]
-    k, s = g.motion_basis.shape[0], cfg.image_size
-    with torch.no_grad():
-        g.motion_basis.copy_(torch.randn(k, 2, s, s, generator=torch.Generator().manual_seed(0)) * 0.01)
-        torch.nn.init.normal_(g.beta.weight, 0, 5.0)  # saturate the coefficients
+    g, cfg = _motion_generator(["model.motion_peak=0.05"], 5.0)  # saturated coefficients
     code = torch.randn(8, cfg.z_dim + 2)
     flow = g(code, code[:, cfg.z_dim:] + 0.6).flow.detach()
-    coef = torch.linalg.lstsq(g.motion_basis.flatten(1).T, flow.flatten(1).T).solution.T  # N x K
+    coef = _coefficients(g, flow)  # N x K
     peak = g.motion_basis.norm(dim=1).flatten(1).amax(1)  # each field's largest move, grid units
     moved = coef.abs() * peak  # how far each field's peak moves
     assert moved.max() <= 2 * 0.05 + 1e-4  # 5% of the side = 0.1 grid units

@@ -65,6 +65,18 @@ def portrait(kind: str = "neutral_front") -> Path:
     return sorted((PORTRAITS / kind).glob("*.jpg"))[0]
 
 
+def multipart(fields: dict[str, str], filename: str, image: bytes) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body (the text ``fields``, then the file as "image") and its header,
+    as curl -F sends them."""
+    boundary = uuid.uuid4().hex
+    kind = "image/png" if filename.endswith(".png") else "image/jpeg"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                 f"Content-Type: {kind}\r\n\r\n".encode() + image + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kwargs)
@@ -111,16 +123,8 @@ def test_png_in_png_out_and_multipart(server):
     assert Image.open(io.BytesIO(body)).size == (240, 240)
 
     # curl -F image=@photo.jpg -F valence=... -F arousal=...
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="valence"\r\n\r\n0.25\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="arousal"\r\n\r\n-0.75\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="me.jpg"\r\n'
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + encoded(photo, "JPEG") + b"\r\n",
-        f"--{boundary}--\r\n".encode(),
-    ]
-    status, headers, body = request(server, "POST", "/api/edit", b"".join(parts),
-                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, headers, body = request(server, "POST", "/api/edit",
+                                    *multipart({"valence": "0.25", "arousal": "-0.75"}, "me.jpg", encoded(photo, "JPEG")))
     assert status == 200, body[:300]
     assert headers["Content-Type"] == "image/jpeg" and headers["X-Arousal"] == "-0.750"
     assert Image.open(io.BytesIO(body)).size == (240, 240)
@@ -421,16 +425,8 @@ def test_live_face_picker_edits_only_that_face(bundled_server):
 
 def test_one_shot_edit_with_emotion_word_and_strength(server):
     photo = Image.open(portrait()).convert("RGB").resize((200, 200))
-    boundary = uuid.uuid4().hex
-    parts = [
-        f'--{boundary}\r\nContent-Disposition: form-data; name="emotion"\r\n\r\nhappy\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="strength"\r\n\r\n0.5\r\n'.encode(),
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="me.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + encoded(photo, "PNG") + b"\r\n",
-        f"--{boundary}--\r\n".encode(),
-    ]
-    status, headers, body = request(server, "POST", "/api/edit", b"".join(parts),
-                                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    status, headers, body = request(server, "POST", "/api/edit",
+                                    *multipart({"emotion": "happy", "strength": "0.5"}, "me.png", encoded(photo, "PNG")))
     assert status == 200, body[:300]
     assert headers["X-Valence"] == "0.830" and headers["Content-Type"] == "image/png"
     status, _, body = request(server, "POST", "/api/edit?emotion=smug", encoded(photo, "PNG"))
