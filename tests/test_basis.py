@@ -77,3 +77,32 @@ def test_motion_basis_from_real_faces(caches):
     assert happy_lower[mouth_rows].max() > 4 * happy_lower[eye_rows].max()  # ... and leaves the eyes
     assert happy_upper[mouth_rows].max() < 0.25 * happy_lower[mouth_rows].max()
     assert len(UPPER) + len(LOWER) == 68 and not set(UPPER) & set(LOWER)
+
+
+@pytest.mark.slow
+def test_action_unit_basis_moves_each_unit_where_it_belongs(caches):
+    """One smooth, symmetric field per action unit on the real faces' mean neutral landmarks: the
+    brow units move the brows and not the mouth, the mouth units the mouth and not the eyes."""
+    from affectedit.basis import ACTION_UNITS, action_unit_basis, rest_landmarks
+
+    lfw, london = caches
+    rest = rest_landmarks([lfw, london], limit=60)
+    assert rest.shape == (68, 2) and rest[36:48, 1].mean() < rest[30, 1] < rest[48:68, 1].mean()
+    u = action_unit_basis([lfw, london])
+    assert u.shape == (len(ACTION_UNITS), 2, 64, 64) and torch.isfinite(u).all()
+    mirror = u.flip(-1)
+    mirror[:, 0] *= -1
+    assert torch.allclose(u, mirror, atol=1e-6)
+    px = u.norm(dim=1) * 32
+    names = list(ACTION_UNITS)
+
+    def at(unit, points):  # the field's largest move within 2 px of these landmarks
+        out = 0.0
+        for x, y in rest[list(points)]:
+            out = max(out, float(px[names.index(unit), int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3].max()))
+        return out
+
+    brows, eyes, mouth = range(17, 27), range(36, 48), range(48, 68)
+    assert at("inner_brow_raise", brows) > 0.5 and at("inner_brow_raise", mouth) < 0.05
+    assert at("lip_corner_pull", mouth) > 1.0 and at("lip_corner_pull", eyes) < 0.1
+    assert at("jaw_drop", [57]) > 1.0 and at("jaw_drop", brows) < 0.05

@@ -201,3 +201,36 @@ def test_hybrid_motion_frees_the_flow_only_below_the_nose():
     upper, lower = flow[:, :, : int(0.4 * s)], flow[:, :, int(0.62 * s):]
     assert upper.abs().max() < 0.01 * lower.abs().max()  # eyes and brows: only the basis may move them
     assert lower.abs().max() > 0.05
+
+
+def test_unit_motion_has_one_field_per_action_unit_within_its_range():
+    import torch
+
+    from affectedit.basis import ACTION_UNITS
+    from affectedit.networks import UNIT_RANGE
+
+    g, cfg = _motion_generator(["model.motion=units"], 5.0)  # saturated coefficients
+    assert g.motion_basis.shape[0] == len(ACTION_UNITS) == g.beta.out_features
+    code = torch.randn(4, cfg.z_dim + 2)
+    coef = _coefficients(g, g(code, code[:, cfg.z_dim:] + 0.6).flow.detach())
+    assert coef.abs().max() <= UNIT_RANGE + 1e-3
+    assert coef.abs().max() > 0.9 * UNIT_RANGE
+
+
+def test_gate_from_leaves_small_label_changes_alone():
+    """model.gate_from: asking for a label within gate_from of the face's own changes nothing;
+    further away the edit fades in as without it, shifted by gate_from."""
+    import torch
+
+    from affectedit.networks import GATE
+
+    g0, cfg = _motion_generator(["model.appearance=basis"], 0.05)
+    g1, _ = _motion_generator(["model.appearance=basis", "model.gate_from=0.12"], 0.05)
+    g1.load_state_dict(g0.state_dict())
+    code = torch.randn(4, cfg.z_dim + 2)
+    y = code[:, cfg.z_dim:]
+    near = y + torch.tensor([0.08, 0.0])  # 0.08 < 0.12
+    assert g0(code, near).flow.abs().max() > 0
+    assert g1(code, near).flow.abs().max() == 0 and g1(code, near).delta.abs().max() == 0
+    far = y + torch.tensor([0.12 + GATE + 0.2, 0.0])  # both gates fully open: the same edit
+    assert torch.allclose(g0(code, far).flow, g1(code, far).flow)

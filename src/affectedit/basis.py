@@ -21,7 +21,7 @@ import torch
 
 from affectedit.errors import UserError
 
-__all__ = ["LOWER", "UPPER", "appearance_basis", "face_landmarks", "motion_basis", "rbf_flow"]
+__all__ = ["ACTION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "face_landmarks", "motion_basis", "rbf_flow"]
 
 # dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
 UPPER = tuple(range(17, 48))
@@ -154,4 +154,79 @@ def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0, progress: bool
             pinned = move.copy()
             pinned[[i for i in range(68) if i not in part]] = 0.0  # the other part stays where it is
             out.append(_symmetric(rbf_flow(rest, pinned, size, sigma)))
+    return torch.from_numpy(np.stack(out)).float()
+
+
+# The face's elementary movements (FACS action units, Ekman & Friesen), as moves of dlib's 68
+# landmarks in units of the distance between the eye centres, given for the points on the image's
+# left (the subject's right) and the midline; the other side is the mirror image. Each is a
+# moderate movement: G scales each by a coefficient in [-UNIT_RANGE, UNIT_RANGE] (see
+# ``networks.WarpGenerator``; a negative one moves the other way, e.g. drooping lids for AU 5).
+# Typical expressions: happiness 6+12, sadness 1+4+15(+17), anger 4+5+7+24, surprise 1+2+5+26.
+ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
+    "inner_brow_raise": {21: (0.0, -0.10), 20: (0.0, -0.06), 19: (0.0, -0.025)},                  # AU 1
+    "outer_brow_raise": {17: (0.0, -0.09), 18: (0.0, -0.09), 19: (0.0, -0.06), 20: (0.0, -0.03)},  # AU 2
+    "brow_lower": {21: (0.05, 0.08), 20: (0.03, 0.07), 19: (0.01, 0.05), 18: (0.0, 0.03), 17: (0.0, 0.015)},  # AU 4
+    "upper_lid_raise": {37: (0.0, -0.045), 38: (0.0, -0.045)},                                     # AU 5
+    "lower_lid_raise": {40: (0.0, -0.03), 41: (0.0, -0.03)},                                       # AU 6/7
+    "nose_wrinkle": {31: (0.0, -0.04), 32: (0.0, -0.04), 33: (0.0, -0.03), 50: (0.0, -0.025),
+                     51: (0.0, -0.025), 61: (0.0, -0.02), 62: (0.0, -0.02)},                       # AU 9/10
+    "lip_corner_pull": {48: (-0.12, -0.10), 60: (-0.11, -0.09), 49: (-0.05, -0.05), 59: (-0.06, -0.04),
+                        50: (-0.01, -0.015), 58: (-0.02, -0.01), 61: (-0.03, -0.03), 67: (-0.03, -0.02)},  # AU 12
+    "lip_corner_depress": {48: (0.01, 0.07), 60: (0.01, 0.06), 49: (0.0, 0.025), 59: (0.0, 0.03),
+                           61: (0.0, 0.02), 67: (0.0, 0.02)},                                      # AU 15
+    "chin_raise": {57: (0.0, -0.05), 58: (0.0, -0.045), 59: (0.0, -0.02), 66: (0.0, -0.03),
+                   67: (0.0, -0.025), 8: (0.0, -0.04), 7: (0.0, -0.03)},                           # AU 17
+    "lip_press": {50: (0.0, 0.02), 51: (0.0, 0.02), 57: (0.0, -0.02), 58: (0.0, -0.02), 48: (0.02, 0.0)},  # AU 23/24
+    "jaw_drop": {8: (0.0, 0.10), 7: (0.0, 0.095), 6: (0.0, 0.08), 5: (0.0, 0.05), 4: (0.0, 0.025),
+                 57: (0.0, 0.10), 58: (0.0, 0.095), 59: (0.0, 0.065), 66: (0.0, 0.10), 67: (0.0, 0.095),
+                 48: (0.0, 0.05), 60: (0.0, 0.05), 61: (0.0, -0.01), 62: (0.0, -0.01)},            # AU 26/27
+}
+
+# dlib's 68 points: each point's mirror image (jaw, brows, nose, eyes, outer and inner lips).
+_MIRROR = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
+           + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40] + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]
+           + [64, 63, 62, 61, 60, 67, 66, 65])
+
+
+def rest_landmarks(caches, limit: int = 400) -> np.ndarray:
+    """The mean landmarks (68 x 2, crop pixels) of up to ``limit`` neutral training faces, made
+    left-right symmetric: where the action units' moves start."""
+    from affectedit.data.cache import FaceCache
+
+    found, size = [], None
+    for path in caches:
+        cache = FaceCache(path)
+        size = cache.size
+        idx = [i for i, e in enumerate(cache.emotions) if e == "neutral"][: max(0, limit - len(found))]
+        if idx:
+            lms = face_landmarks(np.asarray(cache.images[idx]))
+            found += [lm for lm in lms if not np.isnan(lm).any()]
+    if not found:
+        raise UserError("the training data has no neutral faces with landmarks, which the action-unit motion needs")
+    rest = np.mean(found, 0)
+    mirrored = rest[_MIRROR].copy()
+    mirrored[:, 0] = (size - 1) - mirrored[:, 0]
+    return (rest + mirrored) / 2
+
+
+def action_unit_basis(caches, sigma: float = 4.0) -> torch.Tensor:
+    """The motion fields of ``model.motion="units"``: one smooth, left-right symmetric flow per
+    action unit of :data:`ACTION_UNITS` (in order), moving the mean neutral training face's
+    landmarks as the unit says and pinning every other landmark. U x 2 x S x S, grid_sample units."""
+    from affectedit.data.cache import FaceCache
+
+    size = FaceCache(caches[0]).size
+    rest = rest_landmarks(caches)
+    eyes = rest[36:42].mean(0), rest[42:48].mean(0)
+    scale = float(np.linalg.norm(eyes[1] - eyes[0]))  # inter-ocular distance, pixels
+    out = []
+    for moves in ACTION_UNITS.values():
+        move = np.zeros((68, 2))
+        for i, (dx, dy) in moves.items():
+            move[i] = (dx * scale, dy * scale)
+            j = _MIRROR[i]
+            if j != i:
+                move[j] = (-dx * scale, dy * scale)
+        out.append(_symmetric(rbf_flow(rest, move, size, sigma)))
     return torch.from_numpy(np.stack(out)).float()

@@ -171,6 +171,10 @@ BASIS_EMOTIONS = ("happiness", "surprise", "sadness", "anger")
 # people of a crowd-labelled expression is milder than a clear one).
 MOTION_RANGE = 3.0
 
+# motion="units": each action unit's coefficient lies in [-UNIT_RANGE, UNIT_RANGE] (basis.ACTION_UNITS
+# defines a moderate movement; 1.5 of it is a strong one).
+UNIT_RANGE = 1.5
+
 # motion="hybrid": the free flow acts from this height of the aligned crop down (the nose tip; dlib's
 # mean landmarks on the training crops: brows 0.19, eyes 0.30, nose tip 0.49, mouth 0.70).
 LOWER_FACE_FROM = 0.52
@@ -188,8 +192,8 @@ class WarpGenerator(Generator):
     transposed convolution, so the change depends on where the expression starts and ends.
     flow = g * max_flow * tanh(up(coarse) + fine); mask = g * sigmoid(logit - 3) (mask and colour
     at half resolution: shading and shapes, not pixel patterns); colour = tanh; g = min(1,
-    |y - y_src| / GATE). ``model.motion`` "basis" replaces that flow by a mix of the training
-    faces' mean expression motions, "hybrid" adds the free flow below the nose to it; ``model.
+    (|y - y_src| - model.gate_from) / GATE). ``model.motion`` "basis" replaces that flow by a mix of the training
+    faces' mean expression motions, "units" by a mix of action units' motions, "hybrid" adds the free flow below the nose to the basis; ``model.
     appearance`` "basis" replaces mask and colour by a mix of fixed expression directions.
     Returns :class:`Fields`; :func:`compose` applies them to the input crop, ``affectedit.warp``
     (upsampled) to the original photo."""
@@ -223,12 +227,17 @@ class WarpGenerator(Generator):
             rows = (torch.arange(cfg.image_size, dtype=torch.float32) + 0.5) / cfg.image_size
             self.register_buffer("lower_face", torch.sigmoid((rows - LOWER_FACE_FROM) / 0.025)[None, None, :, None].expand(1, 1, -1, cfg.image_size).clone(),
                                  persistent=False)
-        if cfg.motion in ("basis", "hybrid"):
+        if cfg.motion in ("basis", "hybrid", "units"):
             # Motion only along the training faces' mean expression motions (upper and lower face of
-            # each expression, see affectedit.basis.motion_basis), with per-face coefficients in
-            # [-MOTION_RANGE, MOTION_RANGE]: smooth, human geometry by construction.
-            self.register_buffer("motion_basis", torch.zeros(2 * len(BASIS_EMOTIONS), 2, cfg.image_size, cfg.image_size))
-            self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, 2 * len(BASIS_EMOTIONS))
+            # each expression, see affectedit.basis.motion_basis), or along the face's elementary
+            # movements (action units, basis.action_unit_basis), with per-face coefficients in
+            # [-MOTION_RANGE, MOTION_RANGE] (units: [-UNIT_RANGE, UNIT_RANGE]): smooth, human geometry by construction.
+            from affectedit.basis import ACTION_UNITS
+
+            fields = len(ACTION_UNITS) if cfg.motion == "units" else 2 * len(BASIS_EMOTIONS)
+            self.register_buffer("motion_basis", torch.zeros(fields, 2, cfg.image_size, cfg.image_size))
+            self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, fields)
+        self.gate_from = float(cfg.gate_from)
 
     def reset_fields(self) -> None:
         """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
@@ -256,7 +265,7 @@ class WarpGenerator(Generator):
             if i == self.coarse_after and self.motion != "basis":
                 coarse = self.coarse(h)
         size = h.shape[-2:]
-        gate = (delta.float().norm(dim=1) / GATE).clamp(max=1.0)[:, None, None, None].to(h.dtype)
+        gate = ((delta.float().norm(dim=1) - self.gate_from) / GATE).clamp(0.0, 1.0)[:, None, None, None].to(h.dtype)
         coefficients_in = torch.cat([trunk.flatten(1), cond], dim=1)  # what the basis coefficients are read from
         if coarse is not None:  # the free flow ("free" everywhere, "hybrid" below the nose)
             coarse = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
@@ -269,7 +278,7 @@ class WarpGenerator(Generator):
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
                 beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
             else:
-                beta = MOTION_RANGE * beta
+                beta = (UNIT_RANGE if self.motion == "units" else MOTION_RANGE) * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
             if self.motion == "hybrid":
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
@@ -370,8 +379,8 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
         raise ValueError(f"model.head must be 'pixels' or 'warp', got {cfg.head!r}")
     if cfg.appearance not in ("free", "basis"):
         raise ValueError(f"model.appearance must be 'free' or 'basis', got {cfg.appearance!r}")
-    if cfg.motion not in ("free", "basis", "hybrid"):
-        raise ValueError(f"model.motion must be 'free', 'basis' or 'hybrid', got {cfg.motion!r}")
+    if cfg.motion not in ("free", "basis", "hybrid", "units"):
+        raise ValueError(f"model.motion must be 'free', 'basis', 'hybrid' or 'units', got {cfg.motion!r}")
     models = {
         "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affectedit.basis import appearance_basis, motion_basis
+from affectedit.basis import action_unit_basis, appearance_basis, motion_basis
 from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from affectedit.config import Config
 from affectedit.data.labels import CIRCUMPLEX
@@ -285,6 +285,8 @@ def train(
             if accelerator.is_main_process:
                 print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")
             g.motion_basis.copy_(motion_basis(caches))
+        if mc.motion == "units" and not g.motion_basis.any():
+            g.motion_basis.copy_(action_unit_basis(caches))
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
