@@ -196,7 +196,7 @@ def load_test(args) -> bool:
 
 def parse_test(mb: float = 20.0) -> bool:
     """The server's streaming multipart parser on an ``mb`` MB upload: time and peak memory."""
-    from affectedit.web.server import _Multipart
+    from affectedit.web.uploads import _Multipart
 
     boundary = uuid.uuid4().hex
     payload = os.urandom(int(mb * 2**20))
