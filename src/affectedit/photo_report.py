@@ -127,10 +127,10 @@ def _spread(count: int, n: int) -> list[int]:
 
 def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[dict]:
     """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity of the
-    report's part (``evaluate.identity_part``, the same people as Table IV's report), spread evenly
+    report's part (``selection.identity_part``, the same people as Table IV's report), spread evenly
     over them (sorted). ``calibration``: the same from the calibration part instead, for choosing
     settings on people that no report shows, whatever ``n``."""
-    from affectedit.evaluate import CALIBRATION_PART, REPORT_PART, identity_part
+    from affectedit.selection import CALIBRATION_PART, REPORT_PART, identity_part
 
     root = Path(lfw_root)
     first: dict[str, str] = {}
