@@ -145,9 +145,9 @@ def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[di
 
 
 def _pick_lfw_face(found, size):
-    from affectedit.data.cache import _pick
+    from affectedit.data.align import pick_face
 
-    return _pick(found, size, None, prefer_center=True)
+    return pick_face(found, size, None, prefer_center=True)
 
 
 # --------------------------------------------------------------------------------------------- the report
