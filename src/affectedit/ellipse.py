@@ -6,14 +6,10 @@ and as the photo pixels it can touch for one face (``blend_region``). ``faces.pa
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from affectedit.affine import apply_affine, invert_affine
-
-if TYPE_CHECKING:
-    from affectedit.faces import Face
 
 __all__ = ["blend_region", "ellipse_alpha", "face_mask"]
 
@@ -44,9 +40,9 @@ def _face_mask_cached(size: int, feather: float, center: tuple, radii: tuple) ->
     return m
 
 
-def blend_region(face: Face, width: int, height: int, feather: float = 0.2) -> tuple[int, int, int, int]:
+def blend_region(face, width: int, height: int, feather: float = 0.2) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): the photo pixels (x0 <= x < x1, y0 <= y < y1) that the feathered face
-    ellipse of ``face`` can touch, with a 2-pixel margin, clipped to a width x height photo (empty
+    ellipse of ``face`` (a ``faces.Face``) can touch, with a 2-pixel margin, clipped to a width x height photo (empty
     when x1 <= x0 or y1 <= y0). Every pixel outside it has alpha 0."""
     (cx, cy), (rx, ry) = _MASK_CENTER, _MASK_RADII
     rx, ry = rx * (1 + feather), ry * (1 + feather)
