@@ -222,7 +222,9 @@ def test_dataset_landmarks_and_boxes_give_the_detected_alignment():
     assert why is None and got.shape == (48, 48, 3)
     # CelebA: the eye centres land exactly on the template's; the face lands within ~2% of the
     # crop of where the detector's 5-point alignment puts it.
-    f5 = cache_mod._face_from_landmarks(faces, celeba5, None)
+    from affectedit.data.align import face_from_landmarks
+
+    f5 = face_from_landmarks(faces, celeba5, None)
     t = faces.TEMPLATE
     on_crop = lambda m, p: p @ m[:2, :2].T + m[:, 2]  # noqa: E731
     assert np.allclose(on_crop(f5.transform, eyes), [(t[2] + t[3]) / 2, (t[0] + t[1]) / 2])

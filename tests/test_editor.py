@@ -111,11 +111,13 @@ def test_edit_keeps_size_mode_and_background(editor, portrait):
 
 
 def test_zero_change_leaves_every_pixel_of_the_photo(editor):
-    """strength 0 is no change in every mode: the 675 x 675 example comes back byte-identical."""
+    """strength 0 is no change in every mode (the bundled model's own, warp, too): the 675 x 675
+    example (London 001_03 of ../shared/data) comes back byte-identical."""
     src = np.asarray(Image.open(EXAMPLE).convert("RGB"))
     bundled = Editor.from_pretrained(device="cpu")
+    assert bundled.edit_config.mode == "warp"
     for ed in (bundled, editor):
-        for mode in ("residual", "paper"):
+        for mode in ("residual", "paper") + (("warp",) if ed is bundled else ()):
             out = np.asarray(ed.edit(EXAMPLE, 0.8, 0.5, mode=mode, strength=0))
             assert out.shape == src.shape and np.array_equal(out, src), (mode, int((out != src).any(2).sum()))
     # and an edit that is not zero does change the face
@@ -342,6 +344,19 @@ def test_animation_frames_are_the_edits_of_the_photo(editor, tmp_path, monkeypat
 
 
 # ----------------------------------------------------------------------------------- weights and settings
+
+
+def test_bundled_weights_are_one_safetensors_file():
+    """The bundled model loads from model.safetensors alone: no JSON (nor a 0.1 .pt bundle) beside it,
+    and everything the Editor needs (config, edit settings, step) is read from inside the file."""
+    from affectedit.checkpoint import BUNDLED_DIR, resolve_weights
+
+    files = sorted(p.name for p in BUNDLED_DIR.iterdir() if p.is_file())
+    assert WEIGHTS_NAME in files and not [n for n in files if n.endswith((".json", ".pt"))], files
+    assert resolve_weights(None) == BUNDLED_DIR / WEIGHTS_NAME
+    state = read_weights(BUNDLED_DIR / WEIGHTS_NAME)
+    assert set(state["models"]) == {"encoder", "generator"} and state["config"]["model"]["head"] == "warp"
+    assert EditConfig.stored(state) == Editor.from_pretrained(device="cpu").edit_config
 
 
 def test_save_pretrained_and_from_pretrained_round_trip(tiny_checkpoint, editor, tmp_path):

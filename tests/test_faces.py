@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from affectedit import faces as F
+from affectedit.affine import apply_affine, invert_affine
 from affectedit.errors import UserError
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
@@ -81,11 +82,11 @@ def test_align_shape_mode_and_template(portrait, face):
         crop = F.align_face(portrait, face, size)
         assert crop.mode == "RGB" and crop.size == (size, size)
     # transform maps landmarks near the template (least squares: small residual)
-    mapped = F._apply(face.transform, face.landmarks)
+    mapped = apply_affine(face.transform, face.landmarks)
     assert np.abs(mapped - F.TEMPLATE).max() < 0.03
     # matrix(size) is size * transform - 0.5
     m = face.matrix(150)
-    np.testing.assert_allclose(F._apply(m, face.landmarks), mapped * 150 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(apply_affine(m, face.landmarks), mapped * 150 - 0.5, atol=1e-9)
 
 
 def test_transform_round_trip():
@@ -94,12 +95,12 @@ def test_transform_round_trip():
     r = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
     lm = (F.TEMPLATE @ r.T) * scale + t  # an exact similarity image of the template
     f = F.Face.from_landmarks(lm)
-    np.testing.assert_allclose(F._apply(f.transform, lm), F.TEMPLATE, atol=1e-9)
+    np.testing.assert_allclose(apply_affine(f.transform, lm), F.TEMPLATE, atol=1e-9)
     assert f.scale == pytest.approx(1 / scale)
-    back = F._apply(F._invert(f.transform), F.TEMPLATE)
+    back = apply_affine(invert_affine(f.transform), F.TEMPLATE)
     np.testing.assert_allclose(back, lm, atol=1e-6)
     noisy = lm + rng.normal(0, 1.0, lm.shape)
-    assert np.abs(F._apply(F.Face.from_landmarks(noisy).transform, noisy) - F.TEMPLATE).max() < 0.02
+    assert np.abs(apply_affine(F.Face.from_landmarks(noisy).transform, noisy) - F.TEMPLATE).max() < 0.02
 
 
 def test_chip_matches_dlib(portrait, face):
@@ -143,7 +144,7 @@ def test_paste_back_outside_unchanged_inside_changed(portrait, face, method):
     # where the mask is > 0 (with a one-pixel safety margin for bilinear interpolation)
     h, w = before.shape[:2]
     ys, xs = np.mgrid[0:h, 0:w]
-    uv = F._apply(face.matrix(size), np.stack([xs.ravel(), ys.ravel()], 1)).reshape(h, w, 2)
+    uv = apply_affine(face.matrix(size), np.stack([xs.ravel(), ys.ravel()], 1)).reshape(h, w, 2)
     mask = F.face_mask(size)
     iu = np.clip(np.rint(uv[..., 0]).astype(int), -2, size + 1)
     iv = np.clip(np.rint(uv[..., 1]).astype(int), -2, size + 1)

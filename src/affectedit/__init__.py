@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "Editor": ("affectedit.editor", "Editor"),
-    "EditConfig": ("affectedit.editor", "EditConfig"),
+    "EditConfig": ("affectedit.edit_settings", "EditConfig"),
     "emotion": ("affectedit.emotions", "emotion"),
     "detect_faces": ("affectedit.faces", "detect_faces"),
     "Config": ("affectedit.config", "Config"),

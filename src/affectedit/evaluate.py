@@ -24,6 +24,9 @@ number). What it measures, on ``faces`` held-out aligned crops of a labelled cac
   as a fraction of the 8-bit range; the change inside the face (mask >= 0.5) beside it.
 * Fig. 3: 5 x 5 grids of labels for a few faces (arousal high to low left to right, valence high
   to low top to bottom), one figure per mode.
+
+The measures themselves (label grid, heatmaps, scores) are in ``scores``, the choice of faces by
+person in ``selection``, the report's files in ``report``; all are importable from here.
 """
 from __future__ import annotations
 
@@ -31,7 +34,6 @@ import dataclasses
 import math
 import os
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +42,27 @@ import torch
 from affectedit import metrics
 from affectedit.errors import UserError
 from affectedit.report import public, write_report, write_texts
+from affectedit.scores import (
+    DIMENSIONS,
+    difference_map,
+    extreme_mask,
+    heatmap_sums,
+    in_range_mask,
+    label_grid,
+    label_stats,
+    neutral_index,
+    normalise_heatmaps,
+    score_labels,
+    summary,
+    table_iv,
+)
+from affectedit.selection import CALIBRATION_PART, REPORT_PART, SELECTION_PARTS, identity_part, select_faces
 
 __all__ = [
+    "CALIBRATION_PART",
     "PAPER_TABLE_IV",
+    "REPORT_PART",
+    "SELECTION_PARTS",
     "difference_map",
     "evaluate",
     "extreme_mask",
@@ -61,7 +81,6 @@ __all__ = [
     "write_report",
 ]
 
-DIMENSIONS = ("valence", "arousal")
 
 # Table IV of the paper: the regressors on 220,500 generated images (18,000 for extreme labels).
 PAPER_TABLE_IV = {
@@ -77,169 +96,6 @@ PAPER_TABLE_IV = {
 
 REGRESSOR_HINT = ("train them with `affectedit regressor train --train cache/lfw-train-64 --val cache/lfw-val-64 "
                   "--width 0.25 -o runs/regressors/reg64` (writes reg64-valence.pt and reg64-arousal.pt)")
-
-
-# ---------------------------------------------------------------------------------------------
-# Labels.
-
-def label_grid(n: int = 7) -> np.ndarray:
-    """The ``n x n`` grid of [-1, 1]^2 as ``n*n x 2`` [valence, arousal], row-major in the paper's
-    figure layout: row i has valence ``1 - 2i/(n-1)`` (high to low, top to bottom), column j has
-    arousal ``1 - 2j/(n-1)`` (high to low, left to right). ``n`` odd, so (0, 0) is included."""
-    if n < 3 or n % 2 == 0:
-        raise UserError(f"the label grid needs an odd size >= 3 so that it includes (0, 0), got {n}")
-    values = np.linspace(1.0, -1.0, n)
-    values[n // 2] = 0.0  # exactly zero, not 1e-16
-    v, a = np.meshgrid(values, values, indexing="ij")
-    return np.stack([v.ravel(), a.ravel()], axis=1).astype(np.float32)
-
-
-def extreme_mask(labels, tol: float = 1e-6) -> np.ndarray:
-    """True for the paper's extreme labels: |valence| = 1 and |arousal| = 1 (the grid's corners)."""
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
-    return (np.abs(np.abs(labels[:, 0]) - 1) <= tol) & (np.abs(np.abs(labels[:, 1]) - 1) <= tol)
-
-
-def neutral_index(labels) -> int:
-    """Index of the neutral label (0, 0) in ``labels`` (n x 2)."""
-    labels = np.asarray(labels).reshape(-1, 2)
-    hits = np.flatnonzero(np.all(np.abs(labels) < 1e-6, axis=1))
-    if len(hits) != 1:
-        raise ValueError("the labels must contain (0, 0) exactly once")
-    return int(hits[0])
-
-
-# Every identity belongs to one of SELECTION_PARTS parts, a fixed function of its name: part 0 is
-# the report's, the others are for choosing settings (calibration: 3). Faces chosen from different
-# parts never show the same person, whatever their counts and whichever list they come from.
-SELECTION_PARTS = 4
-REPORT_PART, CALIBRATION_PART = 0, 3
-
-
-def identity_part(identity) -> int:
-    """The part (0 .. SELECTION_PARTS - 1) of an identity: CRC-32 of its name modulo the number of
-    parts, the same in every tool, cache and list (``photo_report`` can use it too)."""
-    return zlib.crc32(str(identity).encode("utf-8")) % SELECTION_PARTS
-
-
-def select_faces(identities, n: int, offset: int = REPORT_PART) -> np.ndarray:
-    """Sorted indices of ``n`` images whose people all lie in part ``offset`` (see
-    ``identity_part``): one image per person, the people spread evenly over their order in the list
-    (caches are sorted by file, so by name); when ``n`` exceeds the people of the part, second
-    images, then third, ... (all of the part's images when ``n`` exceeds them). ``identities``:
-    one identity per image (a cache's ``identities``; an image without one counts as its own
-    person), or an int N for N images of N different people. Two calls with different ``offset``
-    never share a person, for any counts."""
-    if isinstance(identities, (int, np.integer)):
-        identities = [f"#{i}" for i in range(int(identities))]
-    identities = [f"#{i}" if ident in (None, "") else str(ident) for i, ident in enumerate(identities)]
-    if not identities:
-        raise UserError("the evaluation cache holds no images")
-    offset = int(offset)
-    if not 0 <= offset < SELECTION_PARTS:
-        raise UserError(f"--offset picks a part of the identities: 0 .. {SELECTION_PARTS - 1} (0: the report, "
-                        f"{CALIBRATION_PART}: calibration), got {offset}")
-    people: dict[str, list[int]] = {}
-    for i, ident in enumerate(identities):
-        if identity_part(ident) == offset:
-            people.setdefault(ident, []).append(i)
-    groups = list(people.values())
-    n = max(0, min(int(n), sum(len(g) for g in groups)))
-    chosen: list[int] = []
-    rank = 0
-    while len(chosen) < n:
-        have = [g[rank] for g in groups if len(g) > rank]  # the (rank+1)-th image of every person with one
-        take = n - len(chosen)
-        if take < len(have):
-            have = [have[j] for j in np.floor(np.linspace(0, len(have) - 1, take) + 0.5).astype(int)]  # distinct: spacing >= 1
-        chosen += have
-        rank += 1
-    return np.array(sorted(chosen), dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------------
-# Heatmaps (Fig. 2).
-
-def difference_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per pixel max(|R1-R2|, |G1-G2|, |B1-B2|): ``... x 3 x H x W`` -> ``... x H x W``, in the
-    images' own units (for [-1, 1] images the range is [0, 2])."""
-    if a.shape != b.shape or a.ndim < 3 or a.shape[-3] != 3:
-        raise ValueError(f"images must be ... x 3 x H x W of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    return (a.float() - b.float()).abs().amax(dim=-3)
-
-
-def heatmap_sums(edits: torch.Tensor, neutral: int) -> torch.Tensor:
-    """``edits``: N faces x L labels x 3 x H x W. Returns L x H x W: for every label the sum over
-    the faces of ``difference_map(edit for that label, edit for label `neutral`)`` (zero at
-    ``neutral``). Add the sums of several batches of faces to cover more faces."""
-    if edits.ndim != 5:
-        raise ValueError(f"edits must be N x L x 3 x H x W, got {tuple(edits.shape)}")
-    reference = edits[:, neutral:neutral + 1].expand_as(edits)
-    return difference_map(edits, reference).sum(dim=0)
-
-
-def normalise_heatmaps(sums: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Divide all heatmaps by their common maximum (-> [0, 1]; labels stay comparable).
-    Returns (normalised, the maximum); all-zero sums stay zero."""
-    peak = float(sums.max()) if sums.numel() else 0.0
-    return (sums / peak if peak > 0 else torch.zeros_like(sums)), peak
-
-
-# ---------------------------------------------------------------------------------------------
-# Scores.
-
-def score_labels(targets, predictions) -> dict[str, float]:
-    """RMSE, SAGR, CCC of predictions against target labels (1-D arrays). ``sagr_nonzero`` is SAGR
-    over the targets that are not 0: a target of exactly 0 has sign 0, which no prediction shares,
-    so SAGR over a grid containing 0 cannot reach 1."""
-    targets = np.asarray(targets, dtype=np.float64).ravel()
-    predictions = np.asarray(predictions, dtype=np.float64).ravel()
-    nonzero = targets != 0
-    return {
-        "rmse": metrics.rmse(predictions, targets),
-        "sagr": metrics.sagr(predictions, targets),
-        "ccc": metrics.ccc(predictions, targets),
-        "sagr_nonzero": metrics.sagr(predictions[nonzero], targets[nonzero]) if nonzero.any() else float("nan"),
-        "count": len(targets),
-    }
-
-
-def in_range_mask(labels, label_range) -> np.ndarray:
-    """True for the labels (n x 2) whose valence and arousal both lie in ``label_range``
-    ({"valence": [low, high], "arousal": [low, high]}, the training labels' span)."""
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
-    keep = np.ones(len(labels), bool)
-    for i, d in enumerate(DIMENSIONS):
-        low, high = label_range[d]
-        keep &= (labels[:, i] >= low - 1e-6) & (labels[:, i] <= high + 1e-6)
-    return keep
-
-
-def _table_iv(targets: np.ndarray, predictions: dict[str, np.ndarray], label_range=None) -> dict:
-    """{"all"|"extreme"[|"in_range"]: {dimension: scores}} for targets K x 2 and predictions {dim: K};
-    "in_range": the targets inside ``label_range`` (see ``in_range_mask``), when given."""
-    subsets = [("all", np.ones(len(targets), bool)), ("extreme", extreme_mask(targets))]
-    if label_range is not None:
-        subsets.append(("in_range", in_range_mask(targets, label_range)))
-    out = {}
-    for subset, keep in subsets:
-        if keep.any():
-            out[subset] = {d: score_labels(targets[keep, i], predictions[d][keep]) for i, d in enumerate(DIMENSIONS)}
-    return out
-
-
-def label_stats(labels) -> dict:
-    """Per dimension of ``labels`` (n x 2): min, max and the shares above and below 0."""
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1, 2)
-    return {d: {"min": float(labels[:, i].min()), "max": float(labels[:, i].max()),
-                "positive_share": float((labels[:, i] > 0).mean()), "negative_share": float((labels[:, i] < 0).mean())}
-            for i, d in enumerate(DIMENSIONS)}
-
-
-def _summary(values) -> dict[str, float]:
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "p95": float(np.percentile(v, 95)),
-            "max": float(v.max()), "count": len(v)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +340,7 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
         "table_iii": {"ours": table_iii, "paper": _paper_table_iii()},
         "table_iv": {"paper": PAPER_TABLE_IV, "edits": n * L, "extreme_edits": int(extreme_mask(targets).sum()),
                      "in_range_edits": int(in_range_mask(targets, train_range).sum()) if train_range else None,
-                     "unedited": _table_iv(targets, {d: np.repeat(np.concatenate(input_preds[d]), L) for d in DIMENSIONS},
+                     "unedited": table_iv(targets, {d: np.repeat(np.concatenate(input_preds[d]), L) for d in DIMENSIONS},
                                            train_range),
                      "modes": {}},
         "identity": {"threshold": metrics.SAME_PERSON_THRESHOLD, "network": "dlib", "modes": {},
@@ -500,18 +356,18 @@ def evaluate(checkpoint, data, regressors, out_dir, faces: int = 100, modes=("re
     }
     ex = extreme_mask(targets)
     for m in modes:
-        result["table_iv"]["modes"][m] = _table_iv(targets, {d: np.concatenate(preds[m][d]) for d in DIMENSIONS}, train_range)
+        result["table_iv"]["modes"][m] = table_iv(targets, {d: np.concatenate(preds[m][d]) for d in DIMENSIONS}, train_range)
         if id_net is not None:
             dist = np.concatenate(id_dist[m])
             same = dist < metrics.SAME_PERSON_THRESHOLD
             result["identity"]["modes"][m] = {
-                "all": {**_summary(dist), "same_person_share": float(same.mean())},
-                "extreme": {**_summary(dist[ex]), "same_person_share": float(same[ex].mean())},
-                "neutral": {**_summary(dist[np.tile(np.arange(L) == neutral, n)]),
+                "all": {**summary(dist), "same_person_share": float(same.mean())},
+                "extreme": {**summary(dist[ex]), "same_person_share": float(same[ex].mean())},
+                "neutral": {**summary(dist[np.tile(np.arange(L) == neutral, n)]),
                             "same_person_share": float(same[np.tile(np.arange(L) == neutral, n)].mean())},
             }
         bg, fc = np.concatenate(bg_change[m]), np.concatenate(face_change[m])
-        result["background"]["modes"][m] = {"background": _summary(bg), "face": _summary(fc)}
+        result["background"]["modes"][m] = {"background": summary(bg), "face": summary(fc)}
         normalised, peak = normalise_heatmaps(sums[m])
         mean_diff = (sums[m] / n).mean(dim=(1, 2)) / 2.0  # mean per-pixel max channel change, fraction of range
         result["heatmaps"]["modes"][m] = {

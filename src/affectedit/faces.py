@@ -17,6 +17,9 @@ Coordinates: pixel centres are at integer coordinates (the convention of dlib an
 ``get_face_chip`` geometry: mean absolute difference < 1 grey level when the crop does not shrink
 the face (e.g. 256 px from a 675 px portrait), ~2-3 grey levels when it does (150 or 96 px), where
 dlib's pyramid and our anti-aliasing filter differ slightly.
+
+The affine maths lives in ``affine``, the feathered face ellipse that paste-back blends with
+(``face_mask``, ``ellipse_alpha``, ``blend_region``) in ``ellipse``; both are importable from here.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from affectedit.affine import apply_affine, invert_affine, similarity_transform
+from affectedit.ellipse import blend_region, ellipse_alpha, face_mask
 from affectedit.errors import UserError
 
 __all__ = [
@@ -153,41 +158,10 @@ class Face:
         return cls(tuple(float(v) for v in box), lm, landmarks_transform(lm), float(score))
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama 1991, no reflection) mapping ``src`` onto ``dst``
-    (N x 2 each); returns a 2 x 3 float64 matrix."""
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    var_s = (s0**2).sum() / len(src)
-    cov = d0.T @ s0 / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    e = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[1, 1] = -1
-    r = u @ e @ vt
-    c = float((sig * np.diag(e)).sum() / var_s) if var_s > 0 else 1.0
-    m = np.empty((2, 3), dtype=np.float64)
-    m[:, :2] = c * r
-    m[:, 2] = mu_d - c * r @ mu_s
-    return m
-
-
 def landmarks_transform(landmarks: np.ndarray) -> np.ndarray:
     """Photo -> unit-square transform of 5 landmarks, exactly as dlib computes a face chip: the
     least-squares similarity from the template to the landmarks (dlib fits chip -> image), inverted."""
-    return _invert(similarity_transform(TEMPLATE, landmarks))
-
-
-def _invert(m: np.ndarray) -> np.ndarray:
-    a = np.vstack([m, [0.0, 0.0, 1.0]])
-    return np.linalg.inv(a)[:2]
-
-
-def _apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    pts = np.asarray(pts, dtype=np.float64)
-    return pts @ m[:, :2].T + m[:, 2]
+    return invert_affine(similarity_transform(TEMPLATE, landmarks))
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -323,7 +297,7 @@ def _same_face(a, b) -> bool:
 
 def _crop_rect(m_inv: np.ndarray, size: int, W: int, H: int, margin: float = 2.0):
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64) - 0.5
-    pts = _apply(m_inv, corners)
+    pts = apply_affine(m_inv, corners)
     x0 = int(max(0, np.floor(pts[:, 0].min() - margin)))
     y0 = int(max(0, np.floor(pts[:, 1].min() - margin)))
     x1 = int(min(W, np.ceil(pts[:, 0].max() + margin + 1)))
@@ -342,7 +316,7 @@ def align_face(image: Image.Image, face: Face, size: int = 96) -> Image.Image:
     rgb = _rgb(image)
     W, H = rgb.size
     m = face.matrix(size)
-    x0, y0, x1, y1 = _crop_rect(_invert(m), size, W, H, margin=4.0)
+    x0, y0, x1, y1 = _crop_rect(invert_affine(m), size, W, H, margin=4.0)
     if x1 <= x0 or y1 <= y0:  # crop entirely outside the photo: replicate the nearest edge
         x0, y0 = min(max(x0, 0), W - 1), min(max(y0, 0), H - 1)
         x1, y1 = x0 + 1, y0 + 1
@@ -372,61 +346,6 @@ def align_faces_batch(image: Image.Image, faces: list[Face], size: int = 96) -> 
         return np.zeros((0, size, size, 3), dtype=np.uint8)
     rgb = _rgb(image)
     return np.stack([np.asarray(align_face(rgb, f, size)) for f in faces])
-
-
-# Inner-face ellipse in unit crop coordinates. In the dlib chip with padding 0.25 the 68-point mean
-# face (brows ... chin, jaw edge to jaw edge) spans [1/6, 5/6] in x and y; the eyes are at y ~ 0.31,
-# the nose bottom at y ~ 0.59.
-_MASK_CENTER = (0.5, 0.52)
-_MASK_RADII = (0.32, 0.38)
-
-
-def ellipse_alpha(ux, uy, feather: float = 0.2, center=_MASK_CENTER, radii=_MASK_RADII) -> np.ndarray:
-    """The feathered inner-face ellipse at unit crop coordinates ``ux``, ``uy`` (arrays of one shape):
-    1 inside the ellipse, falling smoothly (smoothstep) to 0 over ``feather`` times its radii
-    outside. float32, the shape of ``ux``."""
-    x = (np.asarray(ux, dtype=np.float64) - center[0]) / radii[0]
-    y = (np.asarray(uy, dtype=np.float64) - center[1]) / radii[1]
-    r = np.sqrt(x * x + y * y)
-    t = np.clip((1.0 + feather - r) / max(feather, 1e-6), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=32)
-def _face_mask_cached(size: int, feather: float, center: tuple, radii: tuple) -> np.ndarray:
-    c = (np.arange(size, dtype=np.float64) + 0.5) / size  # unit coordinate of each pixel centre
-    m = ellipse_alpha(c[None, :], c[:, None], feather, center, radii)
-    m.setflags(write=False)
-    return m
-
-
-def blend_region(face: Face, width: int, height: int, feather: float = 0.2) -> tuple[int, int, int, int]:
-    """(x0, y0, x1, y1): the photo pixels (x0 <= x < x1, y0 <= y < y1) that the feathered face
-    ellipse of ``face`` can touch, with a 2-pixel margin, clipped to a width x height photo (empty
-    when x1 <= x0 or y1 <= y0). Every pixel outside it has alpha 0."""
-    (cx, cy), (rx, ry) = _MASK_CENTER, _MASK_RADII
-    rx, ry = rx * (1 + feather), ry * (1 + feather)
-    corners = np.array([[cx - rx, cy - ry], [cx + rx, cy - ry], [cx - rx, cy + ry], [cx + rx, cy + ry]])
-    pts = _apply(_invert(np.asarray(face.transform, dtype=np.float64)), corners)
-    x0 = int(max(0, np.floor(pts[:, 0].min()) - 2))
-    y0 = int(max(0, np.floor(pts[:, 1].min()) - 2))
-    x1 = int(min(width, np.ceil(pts[:, 0].max()) + 3))
-    y1 = int(min(height, np.ceil(pts[:, 1].max()) + 3))
-    return x0, y0, x1, y1
-
-
-def face_mask(
-    size: int,
-    feather: float = 0.2,
-    center: tuple[float, float] = _MASK_CENTER,
-    radii: tuple[float, float] = _MASK_RADII,
-) -> np.ndarray:
-    """Soft mask (float32, size x size, in [0, 1]) of the inner face region in the aligned crop.
-
-    An ellipse covering brows, eyes, nose, mouth and chin is 1; it falls smoothly (smoothstep) to
-    0 over ``feather`` times its radii outside.  With the defaults the support stays inside the
-    crop (x in [0.116, 0.884], y in [0.064, 0.976]).  The returned array is read-only (cached)."""
-    return _face_mask_cached(int(size), float(feather), tuple(map(float, center)), tuple(map(float, radii)))
 
 
 def _poisson(src: np.ndarray, dst: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -498,7 +417,7 @@ def paste_back(
         [[xs.min() - 1, ys.min() - 1], [xs.max() + 1, ys.min() - 1], [xs.min() - 1, ys.max() + 1], [xs.max() + 1, ys.max() + 1]],
         dtype=np.float64,
     )
-    pts = _apply(_invert(m), sup)
+    pts = apply_affine(invert_affine(m), sup)
     x0 = int(max(0, np.floor(pts[:, 0].min()) - 1))
     y0 = int(max(0, np.floor(pts[:, 1].min()) - 1))
     x1 = int(min(W, np.ceil(pts[:, 0].max()) + 2))

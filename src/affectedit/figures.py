@@ -1,6 +1,6 @@
-"""Figures: the n x n grid of edits (the paper's Fig. 3, with Pillow), animations (GIF with
-Pillow, MP4 with OpenCV) and the evaluation report's figures (Fig. 2 heatmaps and Fig. 3 mosaics,
-with matplotlib).
+"""Figures: the n x n grid of edits (the paper's Fig. 3, with Pillow), the photo report's grid of
+face cuts (Pillow), animations (GIF with Pillow, MP4 with OpenCV) and the evaluation report's
+figures (Fig. 2 heatmaps and Fig. 3 mosaics, with matplotlib).
 
 Layout convention of every grid (the paper's): rows valence high -> low top to bottom, columns
 arousal high -> low left to right.
@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from affectedit.errors import UserError
 from affectedit.io import atomic_path
 
-__all__ = ["edit_grid", "heatmap_figure", "examples_figure", "write_animation"]
+__all__ = ["edit_grid", "face_cell", "heatmap_figure", "examples_figure", "photo_grid", "write_animation"]
 
 
 def _font(size: int):
@@ -72,6 +72,37 @@ def edit_grid(face: np.ndarray, tiles: np.ndarray, levels, cell: int) -> Image.I
     canvas.paste(label, (input_w + pad, gy0 + (n * cell - label.height) // 2))
     canvas.info["grid"] = {"n": n, "cell": cell, "origin": (gx0, gy0), "input": (pad, iy, pad + cell, iy + cell)}
     return canvas
+
+
+# --------------------------------------------------------------------------------------------- the photo report's grid
+
+
+def face_cell(photo: Image.Image, face, cell: int, scale: float = 1.6) -> Image.Image:
+    """A ``cell`` x ``cell`` cut of ``photo`` around ``face`` (a square ``scale`` times the face box,
+    centred a little above the box's centre), for the photo report's grid."""
+    x0, y0, x1, y1 = face.box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.05 * (y1 - y0)
+    side = scale * max(x1 - x0, y1 - y0)
+    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+    return photo.crop(tuple(int(round(v)) for v in box)).resize((cell, cell), Image.LANCZOS)
+
+
+def photo_grid(rows: list[list[Image.Image]], titles: list[str], labels: list[str], cell: int) -> Image.Image:
+    """The photo report's grid: ``rows`` of ``cell``-pixel images, column ``titles`` above, row
+    ``labels`` at the left."""
+    head, side = max(28, cell // 10), max(120, cell // 2)
+    font = _font(max(14, cell // 16))
+    W = side + cell * len(titles)
+    H = head + cell * len(rows)
+    out = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(out)
+    for j, t in enumerate(titles):
+        d.text((side + j * cell + cell // 2, head // 2), t, fill="black", font=font, anchor="mm")
+    for i, (row, lab) in enumerate(zip(rows, labels)):
+        d.text((side // 2, head + i * cell + cell // 2), lab, fill="black", font=font, anchor="mm")
+        for j, im in enumerate(row):
+            out.paste(im, (side + j * cell, head + i * cell))
+    return out
 
 
 # --------------------------------------------------------------------------------------------- animations

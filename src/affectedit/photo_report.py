@@ -49,7 +49,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from affectedit.emotions import emotion
 from affectedit.errors import UserError
+from affectedit.figures import face_cell, photo_grid
 from affectedit.photo_metrics import (
     descriptor,
     face_box,
@@ -61,6 +63,7 @@ from affectedit.photo_metrics import (
     pair_mouth_fraction,
     texture_ratio,
 )
+from affectedit.photo_readme import markdown
 
 log = logging.getLogger(__name__)
 
@@ -93,43 +96,12 @@ TARGETS = {"judge_agree": 0.80, "same_person": 0.90, "texture": (0.90, 1.15), "n
 SAME_PERSON = 0.6
 
 
-# --------------------------------------------------------------------------------------------- API fallbacks
+# --------------------------------------------------------------------------------------------- faces and labels
 
 def emotion_va(name: str) -> tuple[float, float]:
-    """(valence, arousal) of an emotion word: ``affectedit.emotion`` when the package exports it,
-    else ``affectedit.editor.emotion`` (works before and after the editor's restructure)."""
-    import affectedit
-
-    fn = getattr(affectedit, "emotion", None) if _has_attr(affectedit, "emotion") else None
-    if fn is None:
-        try:
-            from affectedit.editor import emotion as fn
-        except ImportError as e:  # pragma: no cover - depends on the package layout
-            raise UserError("affectedit exports no emotion(name) function") from e
-    v, a = fn(name)
+    """(valence, arousal) of an emotion word (``affectedit.emotion``), as floats."""
+    v, a = emotion(name)
     return float(v), float(a)
-
-
-def _has_attr(module, name: str) -> bool:
-    try:
-        getattr(module, name)
-        return True
-    except (AttributeError, ImportError):
-        return False
-
-
-def _editor_class():
-    import affectedit
-
-    if _has_attr(affectedit, "Editor"):
-        return affectedit.Editor
-    from affectedit.editor import Editor  # pragma: no cover
-
-    return Editor
-
-
-# --------------------------------------------------------------------------------------------- metric helpers
-
 
 
 def london_val_pairs(london_root) -> list[dict]:
@@ -155,10 +127,10 @@ def _spread(count: int, n: int) -> list[int]:
 
 def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[dict]:
     """Up to ``n`` LFW val-split neutral faces: the first neutral image of each val identity of the
-    report's part (``evaluate.identity_part``, the same people as Table IV's report), spread evenly
+    report's part (``selection.identity_part``, the same people as Table IV's report), spread evenly
     over them (sorted). ``calibration``: the same from the calibration part instead, for choosing
     settings on people that no report shows, whatever ``n``."""
-    from affectedit.evaluate import CALIBRATION_PART, REPORT_PART, identity_part
+    from affectedit.selection import CALIBRATION_PART, REPORT_PART, identity_part
 
     root = Path(lfw_root)
     first: dict[str, str] = {}
@@ -173,9 +145,9 @@ def lfw_val_neutral(lfw_root, n: int = 60, calibration: bool = False) -> list[di
 
 
 def _pick_lfw_face(found, size):
-    from affectedit.data.cache import _pick
+    from affectedit.data.align import pick_face
 
-    return _pick(found, size, None, prefer_center=True)
+    return pick_face(found, size, None, prefer_center=True)
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -226,35 +198,6 @@ def _fer_top(fer, photo, face) -> str | None:
     g = np.asarray(align_face(photo, face, 64).convert("L"), dtype=np.float32)
     p = fer(((g / 255.0 - 0.5) * 2.0)[None])[0]
     return FER_TO_CATEGORY[FER_CLASSES[int(np.argmax(p))]]
-
-
-def _crop_cell(photo: Image.Image, face, cell: int, scale: float = 1.6) -> Image.Image:
-    x0, y0, x1, y1 = face.box
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 - 0.05 * (y1 - y0)
-    side = scale * max(x1 - x0, y1 - y0)
-    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    return photo.crop(tuple(int(round(v)) for v in box)).resize((cell, cell), Image.LANCZOS)
-
-
-def _grid(rows: list[list[Image.Image]], titles: list[str], labels: list[str], cell: int) -> Image.Image:
-    from PIL import ImageDraw, ImageFont
-
-    head, side = max(28, cell // 10), max(120, cell // 2)
-    try:
-        font = ImageFont.load_default(size=max(14, cell // 16))
-    except TypeError:  # old Pillow
-        font = ImageFont.load_default()
-    W = side + cell * len(titles)
-    H = head + cell * len(rows)
-    out = Image.new("RGB", (W, H), "white")
-    d = ImageDraw.Draw(out)
-    for j, t in enumerate(titles):
-        d.text((side + j * cell + cell // 2, head // 2), t, fill="black", font=font, anchor="mm")
-    for i, (row, lab) in enumerate(zip(rows, labels)):
-        d.text((side // 2, head + i * cell + cell // 2), lab, fill="black", font=font, anchor="mm")
-        for j, im in enumerate(row):
-            out.paste(im, (side + j * cell, head + i * cell))
-    return out
 
 
 def _stats(values) -> dict:
@@ -365,7 +308,7 @@ def photo_report(
             except UserError as err:
                 skipped.append({"id": item["id"], "reason": f"mouth pair: {err}"})
         if item["set"] == "london" and len(grid_rows_img) < grid_rows and all(c in edited_imgs for c in GRID_COLUMNS):
-            grid_rows_img.append([_crop_cell(photo, face, cell)] + [_crop_cell(edited_imgs[c], face, cell) for c in GRID_COLUMNS])
+            grid_rows_img.append([face_cell(photo, face, cell)] + [face_cell(edited_imgs[c], face, cell) for c in GRID_COLUMNS])
             grid_labels.append(item["id"].replace("london_", "London "))
         records.append(rec)
         if progress:
@@ -408,7 +351,7 @@ def photo_report(
     grid_path = None
     if grid_rows_img:
         grid_path = out / "grid.jpg"
-        _grid(grid_rows_img, ["input"] + list(GRID_COLUMNS), grid_labels, cell).save(grid_path, quality=90)
+        photo_grid(grid_rows_img, ["input"] + list(GRID_COLUMNS), grid_labels, cell).save(grid_path, quality=90)
 
     result = {
         "title": title,
@@ -429,123 +372,8 @@ def photo_report(
         "grid": grid_path.name if grid_path else None,
     }
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
-    (out / "README.md").write_text(_markdown(result))
+    (out / "README.md").write_text(markdown(result))
     return result
-
-
-# --------------------------------------------------------------------------------------------- markdown
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
-def _num(x, fmt="{:.2f}") -> str:
-    return "-" if x is None else fmt.format(x)
-
-
-def _ok(value, target, kind="min") -> str:
-    if value is None:
-        return ""
-    if kind == "min":
-        good = value >= target
-    elif kind == "max":
-        good = value <= target
-    else:
-        good = target[0] <= value <= target[1]
-    return " ✓" if good else " ✗"
-
-
-def _markdown(r: dict) -> str:
-    t = r["targets"]
-    lines = [f"# Photo report{': ' + r['title'] if r.get('title') else ''}", ""]
-    f = r["faces"]
-    lines += [
-        f"Neutral faces that no training saw: {f['london']} London validation portraits (odd numbers) and "
-        f"{f['lfw']} LFW val-split faces, each edited as a whole photo with `editor.edit(photo, valence, arousal)`. "
-        "Judge: `affectedit.judge` (trained on LFW-train crowd labels and London training identities; the editing "
-        "model is not trained against it). fer: the FER-2013 classifier the model IS trained against "
-        "(information only, not a target). Generated by `python -m affectedit.photo_report` "
-        "(module `affectedit/photo_report.py`, which documents every measure).",
-        "",
-        f"Targets (issue 12): judge agrees >= {_pct(t['judge_agree'])}, same person >= {_pct(t['same_person'])}, "
-        f"texture ratio {t['texture_ratio'][0]}-{t['texture_ratio'][1]} for every face, neutral change <= "
-        f"{t['neutral_change']} grey levels, mouth >= {_pct(t['mouth_median'])} of the way to the real smile (median).",
-        "",
-        "| emotion (V, A) | judge agrees % (>= 80) | fer agrees % (trained against) | same person % (>= 90) | "
-        "texture ratio mean [min, max] (0.9-1.15) | mouth-region texture ratio mean [min, max] | "
-        "change, grey levels mean [max] | judge's classes |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for e, per in r["summary"].items():
-        s = per.get("all")
-        if not s:
-            continue
-        va = r["emotions"][e]
-        tex = s["texture_ratio"]
-        tex_ok = None if tex["min"] is None else (tex["min"] >= t["texture_ratio"][0] and tex["max"] <= t["texture_ratio"][1])
-        ch, mt = s["change"], s["mouth_texture_ratio"]
-        ch_note = _ok(ch["mean"], t["neutral_change"], "max") if e == "neutral" else ""
-        judge_cell = _pct(s["judge_agree"]) + (_ok(s["judge_agree"], t["judge_agree"]) if e in ("happy", "sad", "angry", "surprised") else "")
-        classes = ", ".join(f"{k} {v}" for k, v in s["judge_classes"].items())
-        lines.append(
-            f"| {e} ({va['valence']:+.2f}, {va['arousal']:+.2f}) | {judge_cell} | {_pct(s['fer_agree'])} | "
-            f"{_pct(s['same_person'])}{_ok(s['same_person'], t['same_person'])} | "
-            f"{_num(tex['mean'])} [{_num(tex['min'])}, {_num(tex['max'])}]{'' if tex_ok is None else (' ✓' if tex_ok else ' ✗')} | "
-            f"{_num(mt['mean'])} [{_num(mt['min'])}, {_num(mt['max'])}] | "
-            f"{_num(ch['mean'], '{:.1f}')} [{_num(ch['max'], '{:.1f}')}]{ch_note} | {classes} |")
-    m = r["mouth"]
-    lines += [
-        "",
-        f"Mouth (London validation same-session pairs, n = {m['n']}): the happy edit moves dlib's 68-point mouth "
-        f"landmarks (eyes aligned) a median **{_pct(m['median'])}** of the way from the neutral photo to the "
-        f"person's real smile{_ok(m['median'], t['mouth_median'])} (mean {_pct(m['mean'])}, quartiles "
-        f"{_pct((m.get('quartiles') or [None, None])[0])} to {_pct((m.get('quartiles') or [None, None])[1])}, "
-        f"{_pct(m.get('share_at_target'))} of pairs at >= {_pct(t['mouth_median'])}; negative = away from it). "
-        f"The projection ignores movement in other directions: median cosine between the edit's and the real "
-        f"smile's landmark displacement {_num(m.get('median_cosine'))}; median mean landmark shift {_num(m.get('median_edit_shift_px'), '{:.1f}')} px "
-        f"for the edit vs {_num(m.get('median_smile_shift_px'), '{:.1f}')} px for the real smile.",
-        "",
-        "Texture: the face-box ratio is the issue's measure; the mouth-region ratio (mouth landmarks' box, "
-        "widened by 0.3 of the mouth's width) shows local smearing or speckle that the whole box averages away.",
-        "",
-        "## By face set",
-        "",
-        "| emotion | set | n | judge agrees % | fer agrees % | same person % | texture ratio mean [min, max] | change mean |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for e, per in r["summary"].items():
-        for sname in ("london", "lfw"):
-            s = per.get(sname)
-            if not s:
-                continue
-            tex = s["texture_ratio"]
-            lines.append(f"| {e} | {sname} | {s['n']} | {_pct(s['judge_agree'])} | {_pct(s['fer_agree'])} | {_pct(s['same_person'])} | "
-                         f"{_num(tex['mean'])} [{_num(tex['min'])}, {_num(tex['max'])}] | {_num(s['change']['mean'], '{:.1f}')} |")
-    inp = r["inputs"]["all"]
-    lines += [
-        "",
-        f"Inputs (before editing), judge's classes: {', '.join(f'{k} {v}' for k, v in inp['judge_classes'].items())}"
-        + (f"; fer's: {', '.join(f'{k} {v}' for k, v in inp['fer_classes'].items())}" if inp.get("fer_classes") else "") + ".",
-    ]
-    jv = (r["judge"] or {}).get("validation") or {}
-    if jv.get("lfw_val"):
-        pc = jv["lfw_val"]["per_class"]
-        lines += ["", "Judge's own validation (LFW val split, crowd labels; balanced accuracy "
-                  f"{_pct(jv['lfw_val']['balanced_accuracy'])}): "
-                  + ", ".join(f"{k} {_pct(v['recall'])} (n={v['n']})" for k, v in pc.items())
-                  + ("; London val: " + ", ".join(f"{k} {_pct(v['recall'])} (n={v['n']})" for k, v in jv["london_val"]["per_class"].items())
-                     if jv.get("london_val") else "") + "."]
-    if r.get("grid"):
-        lines += ["", f"![input, happy, sad, angry, surprised, calm for 8 London validation portraits]({r['grid']})",
-                  "", "Grid: face regions cut from the full-resolution photos (London set, CC BY 4.0, DeBruine & Jones 2017)."]
-    ed = r.get("editor") or {}
-    if ed:
-        lines += ["", "Editor measured: " + ", ".join(f"{k} `{v}`" for k, v in ed.items()) + "."]
-    tm = r["timing"]
-    lines += ["", f"{tm['edits']} edits, {1000 * tm['edit_s_mean']:.0f} ms per edit on average; report total {tm['total_s']:.0f} s."]
-    if r["faces"]["skipped"]:
-        lines += ["", "Skipped: " + "; ".join(f"{s['id']} ({s['reason']})" for s in r["faces"]["skipped"])]
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -570,7 +398,8 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    Editor = _editor_class()
+    from affectedit.editor import Editor
+
     edit = {} if a.strength is None else {"strength": a.strength}
     if a.checkpoint:
         editor = Editor.from_checkpoint(a.checkpoint, **edit)

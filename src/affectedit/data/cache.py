@@ -13,11 +13,11 @@ its work lives in ``<cache>/.partial/`` (a preallocated memmap of all candidates
 ``state.json``, committed every ``chunk`` images), so an interrupted run resumes where it stopped;
 ``<cache>/.lock`` keeps two runs from writing the same folder.
 
-Alignment: faces are detected and aligned by :mod:`affectedit.faces` unless the data set gives
-landmarks: AffectNet's 68 iBUG points provide dlib's 5 points exactly (indices 45, 42, 36, 39, 33);
-CelebA's 5 points (eye centres, nose tip, mouth corners) are aligned by the two eye centres onto
-the template's eye centres (on LFW the detector's alignment puts the eye centres within 0.001 of
-those, on average). An AffectNet box without landmarks picks the detected face overlapping it.
+Alignment (:mod:`affectedit.data.align`, one image per call, in worker processes): faces are
+detected and aligned by :mod:`affectedit.faces` unless the data set gives landmarks: AffectNet's
+68 iBUG points provide dlib's 5 points exactly (indices 45, 42, 36, 39, 33); CelebA's 5 points (eye
+centres, nose tip, mouth corners) are aligned by the two eye centres onto the template's eye
+centres (on LFW the detector's alignment puts the eye centres within 0.001 of those, on average). An AffectNet box without landmarks picks the detected face overlapping it.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from affectedit.data.align import align_sample, init_worker
 from affectedit.errors import UserError
 from affectedit.images import denormalize, normalize
 
@@ -43,96 +44,6 @@ __all__ = ["prepare", "FaceCache", "batches", "normalize", "denormalize", "CACHE
 
 CACHE_VERSION = 1
 PARTIAL = ".partial"
-
-# dlib 68-point (iBUG) indices of the 5 points of dlib's 5-point model, in its order
-# (image-right eye outer, inner; image-left eye outer, inner; nose bottom).
-_IBUG68_TO_DLIB5 = [45, 42, 36, 39, 33]
-
-
-# --------------------------------------------------------------------------------------------- alignment worker
-
-def _face_from_landmarks(faces, lm: np.ndarray, box):
-    """A faces.Face from data-set landmarks (68 iBUG points, or CelebA's 5: eye centres, nose,
-    mouth corners)."""
-    if len(lm) == 68:
-        return faces.Face.from_landmarks(lm[_IBUG68_TO_DLIB5], box=box)
-    if len(lm) == 5:
-        # CelebA's eye centres -> the template's eye centres (midpoints of the eye corners); a
-        # similarity transform is fixed by two points. Nose and mouth are not in dlib's template.
-        t = faces.TEMPLATE
-        dst = np.array([(t[2] + t[3]) / 2, (t[0] + t[1]) / 2])  # image-left eye, image-right eye
-        m = faces.similarity_transform(lm[:2], dst)
-        inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
-        lm5 = t @ inv[:, :2].T + inv[:, 2]
-        if box is None:
-            box = (float(lm[:, 0].min()), float(lm[:, 1].min()), float(lm[:, 0].max()), float(lm[:, 1].max()))
-        return faces.Face(tuple(float(v) for v in box), lm5, m, 0.0)
-    return None
-
-
-def _pick(found, image_size, box=None, prefer_center=False):
-    if box is not None:  # the face overlapping the given box most
-        def overlap(f):
-            x0, y0 = max(f.box[0], box[0]), max(f.box[1], box[1])
-            x1, y1 = min(f.box[2], box[2]), min(f.box[3], box[3])
-            return max(0.0, x1 - x0) * max(0.0, y1 - y0)
-        best = max(found, key=overlap)
-        return best if overlap(best) > 0 else None
-    if prefer_center and len(found) > 1:
-        # LFW convention: the person of interest is centred; among faces at least half as big as
-        # the largest, take the one nearest the centre.
-        area = lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1])  # noqa: E731
-        big = [f for f in found if area(f) >= 0.5 * area(found[0])]
-        cx, cy = image_size[0] / 2, image_size[1] / 2
-        return min(big, key=lambda f: ((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2)
-    return found[0]
-
-
-def _init_worker():
-    import signal
-
-    import cv2
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled (and the state saved) by the parent
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
-def align_sample(task):
-    """(path, box, landmarks, size, prefer_center) -> (uint8 S x S x 3 or None, skip reason)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from affectedit import faces
-    from affectedit.images import to_rgb
-
-    path, box, lm, size, prefer_center = task
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = to_rgb(im)  # 16-bit, float, CMYK, palette and alpha alike (the editor's reading path)
-    except FileNotFoundError:
-        return None, "missing file"
-    except UnidentifiedImageError:
-        return None, "not an image"
-    except (OSError, ValueError, SyntaxError) as e:
-        return None, f"unreadable or truncated image ({e})"
-    except Exception as e:  # noqa: BLE001 - never kill the run for one file
-        return None, f"unreadable image ({type(e).__name__}: {e})"
-    try:
-        face = None
-        if lm is not None:
-            face = _face_from_landmarks(faces, np.asarray(lm, dtype=np.float64), box)
-        if face is None:
-            found = faces.detect_faces(rgb)
-            if not found:
-                return None, "no face found"
-            face = _pick(found, rgb.size, box, prefer_center)
-            if face is None:
-                return None, "no face found in the given box"
-        return np.asarray(faces.align_face(rgb, face, size), dtype=np.uint8), None
-    except Exception as e:  # noqa: BLE001
-        return None, f"alignment failed ({type(e).__name__}: {e})"
 
 
 def _reason_kind(reason: str) -> str:
@@ -309,7 +220,7 @@ def _prepare_locked(samples, names, data, output, config, label_skips, split, si
         if workers > 1 and n - done > 1:
             import multiprocessing as mp
 
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker)
+            pool = mp.get_context("spawn").Pool(workers, initializer=init_worker)
             # windows keep the queue of pickled tasks short (Pool.imap consumes its input eagerly)
             results = (r for window in _windows(tasks, 2048) for r in pool.imap(align_sample, window, chunksize=8))
         else:
