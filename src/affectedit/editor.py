@@ -419,7 +419,7 @@ class Editor:
         if fsize != rgb.size:
             sx, sy = fsize[0] / rgb.width, fsize[1] / rgb.height
             rgb = rgb.resize(fsize, Image.LANCZOS, reducing_gap=3.0)
-            faces = [_scaled_face(f, sx, sy) for f in faces]
+            faces = [f.scaled(sx, sy) for f in faces]
         F, frames = len(faces), []
         step = max(1, self.batch_size // F)
         with tqdm(total=len(labels), desc="animate", unit="frame", disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
@@ -435,12 +435,3 @@ def _check_device(device: torch.device) -> torch.device:
     if device.type not in DEVICE_TYPES:
         raise UserError(f"device {str(device)!r} cannot run the model (it holds no data); use cpu, cuda, cuda:N or mps")
     return device
-
-
-def _scaled_face(face, sx: float, sy: float):
-    """The same face in a copy of the photo resized by (sx, sy) (pixel centres at integers)."""
-    from affectedit.faces import Face
-
-    lm = (np.asarray(face.landmarks, dtype=np.float64) + 0.5) * (sx, sy) - 0.5
-    x0, y0, x1, y1 = face.box
-    return Face.from_landmarks(lm, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), score=face.score)

@@ -157,6 +157,12 @@ class Face:
             box = (float(lm[:, 0].min()), float(lm[:, 1].min()), float(lm[:, 0].max()), float(lm[:, 1].max()))
         return cls(tuple(float(v) for v in box), lm, landmarks_transform(lm), float(score))
 
+    def scaled(self, sx: float, sy: float) -> "Face":
+        """The same face in a copy of the photo resized by (sx, sy) (pixel centres at integers)."""
+        lm = (np.asarray(self.landmarks, dtype=np.float64) + 0.5) * (sx, sy) - 0.5
+        x0, y0, x1, y1 = self.box
+        return Face.from_landmarks(lm, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), score=self.score)
+
 
 def landmarks_transform(landmarks: np.ndarray) -> np.ndarray:
     """Photo -> unit-square transform of 5 landmarks, exactly as dlib computes a face chip: the

@@ -214,10 +214,11 @@ class WarpGenerator(Generator):
         if cfg.appearance == "basis":
             # New appearance only along K fixed expression directions (the mean aligned face of each
             # expression minus the same people's neutral face, see basis.appearance_basis), with
-            # per-face coefficients in [-1.5, 1.5]: shading, teeth and folds as real faces show them,
+            # per-face coefficients in [-appearance_range, appearance_range]: shading, teeth and folds as real faces show them,
             # never a pattern of the generator's own.
             self.register_buffer("basis", torch.zeros(len(BASIS_EMOTIONS), 3, cfg.image_size, cfg.image_size))
             self.alpha = nn.Linear(self.side * self.side * self.fc_channels + 4, len(BASIS_EMOTIONS))
+            self.appearance_range = float(cfg.appearance_range)
         self.motion = cfg.motion
         self.motion_peak = float(cfg.motion_peak)
         if cfg.motion == "hybrid":
@@ -283,7 +284,7 @@ class WarpGenerator(Generator):
             if self.motion == "hybrid":
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
         if self.appearance == "basis":
-            alpha = 1.5 * torch.tanh(self.alpha(coefficients_in))
+            alpha = self.appearance_range * torch.tanh(self.alpha(coefficients_in))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
             return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
         smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)

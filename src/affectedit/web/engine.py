@@ -44,17 +44,6 @@ class Photo:
         return self.rgb.width * self.rgb.height
 
 
-def _scaled_face(face, sx: float, sy: float):
-    """The same face in a copy of the photo resized by (sx, sy) (pixel centres at integers)."""
-    import numpy as np
-
-    from affectedit.faces import Face
-
-    lm = (np.asarray(face.landmarks, dtype=np.float64) + 0.5) * (sx, sy) - 0.5
-    x0, y0, x1, y1 = face.box
-    return Face.from_landmarks(lm, box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), score=face.score)
-
-
 class Engine:
     """What runs on the model thread: decoding, face finding, the edits, encoding the answers."""
 
@@ -100,7 +89,7 @@ class Engine:
             size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
             small = rgb.resize(size, Image.BILINEAR, reducing_gap=2.0)
             sx, sy = size[0] / rgb.width, size[1] / rgb.height
-            small_faces = [_scaled_face(f, sx, sy) for f in faces]
+            small_faces = [f.scaled(sx, sy) for f in faces]
         else:
             small, small_faces = rgb, faces
         entry = Photo(photo_id, photo, rgb, fmt, faces, x, small, small_faces)
