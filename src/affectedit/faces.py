@@ -76,6 +76,8 @@ _RESAMPLE = Image.BILINEAR
 DETECT_SIZE = 400
 # A face spanning this share of the shorter side makes a photo a portrait (see detect_faces).
 PORTRAIT_SHARE = 0.3
+# Longest side of a first, quick look for a portrait's face (about half the cost of DETECT_SIZE).
+QUICK_SIZE = 240
 
 
 def dlib_model_file(name: str) -> pathlib.Path:
@@ -236,6 +238,9 @@ def detect_faces(
     shorter side, the photo is a portrait and the small-face pass (4-5x the cost of the first) is
     skipped: a face it alone could see would be under a fifth of the longer side, beside a face
     of a third of the shorter one (None: always every pass, e.g. ``affectedit edit --all-faces``).
+    With ``portrait`` and automatic passes, a quick first look at a copy of longest side
+    :data:`QUICK_SIZE` that already finds such a face is taken alone (about half the detection
+    time of a portrait); otherwise it is dropped and the passes run as described.
     Accepts any PIL mode."""
     if max_faces is not None and (not isinstance(max_faces, (int, np.integer)) or max_faces < 1):
         raise UserError(f"max_faces must be a positive integer (or None: every face), got {max_faces!r}")
@@ -249,27 +254,18 @@ def detect_faces(
             # large photo: small faces, at 4x the resolution (this pass sees every face the upsampled
             # pass of the small copy would, down to 1/20 of the longest side instead of 1/10)
             passes[1] = (4 * detect_size, 0)
-    det = _hog_detector()
     boxes: list[tuple[tuple[float, float, float, float], float]] = []
     copies: dict = {}
+    if upsample is None and portrait is not None and detect_size is not None and max(W, H) > QUICK_SIZE > 0:
+        # a portrait's face is large: a quick look at a small copy finds it (else that look is
+        # dropped and the passes below run as usual)
+        quick = _detect_pass(rgb, QUICK_SIZE, 0, threshold, [], {})
+        if quick and _is_portrait(quick, W, H, portrait):
+            boxes, passes = quick, []
     for i, (side, up) in enumerate(passes):
         if i and portrait is not None and boxes and _is_portrait(boxes, W, H, portrait):
             break
-        if side not in copies:
-            copies[side] = _working_copy(rgb, side)
-        small = copies[side]
-        with _LOCK:
-            rects, scores, _ = det.run(np.asarray(small), up, float(threshold))
-        sx, sy = W / small.size[0], H / small.size[1]
-        for r, s in zip(rects, scores):
-            box = (
-                max(0.0, r.left() * sx),
-                max(0.0, r.top() * sy),
-                min(float(W), (r.right() + 1) * sx),
-                min(float(H), (r.bottom() + 1) * sy),
-            )
-            if box[2] > box[0] and box[3] > box[1] and not any(_same_face(box, b) for b, _ in boxes):
-                boxes.append((box, float(s)))
+        _detect_pass(rgb, side, up, threshold, boxes, copies)
     boxes.sort(key=lambda bs: -(bs[0][2] - bs[0][0]) * (bs[0][3] - bs[0][1]))
     if max_faces is not None:
         boxes = boxes[: int(max_faces)]
@@ -278,6 +274,28 @@ def detect_faces(
         lm = _landmarks(rgb, box)
         faces.append(Face(box, lm, landmarks_transform(lm), s))
     return faces
+
+
+def _detect_pass(rgb: Image.Image, side: int | None, up: int, threshold: float, boxes: list, copies: dict) -> list:
+    """One HOG pass on the working copy of longest side ``side`` (kept in ``copies``), upsampled
+    ``up`` times; appends the faces not in ``boxes`` yet ((box in photo pixels, score)) and returns ``boxes``."""
+    W, H = rgb.size
+    if side not in copies:
+        copies[side] = _working_copy(rgb, side)
+    small = copies[side]
+    with _LOCK:
+        rects, scores, _ = _hog_detector().run(np.asarray(small), up, float(threshold))
+    sx, sy = W / small.size[0], H / small.size[1]
+    for r, s in zip(rects, scores):
+        box = (
+            max(0.0, r.left() * sx),
+            max(0.0, r.top() * sy),
+            min(float(W), (r.right() + 1) * sx),
+            min(float(H), (r.bottom() + 1) * sy),
+        )
+        if box[2] > box[0] and box[3] > box[1] and not any(_same_face(box, b) for b, _ in boxes):
+            boxes.append((box, float(s)))
+    return boxes
 
 
 def _is_portrait(boxes, W: int, H: int, share: float) -> bool:
