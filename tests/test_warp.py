@@ -213,8 +213,11 @@ def test_unit_motion_has_one_field_per_action_unit_within_its_range():
     assert g.motion_basis.shape[0] == len(ACTION_UNITS) == g.beta.out_features
     code = torch.randn(4, cfg.z_dim + 2)
     coef = _coefficients(g, g(code, code[:, cfg.z_dim:] + 0.6).flow.detach())
-    assert coef.abs().max() <= UNIT_RANGE + 1e-3
-    assert coef.abs().max() > 0.9 * UNIT_RANGE
+    assert coef.max() <= UNIT_RANGE + 1e-3 and coef.max() > 0.9 * UNIT_RANGE
+    # contractions: each unit goes below 0 only by its allowed share (the lids may droop)
+    floor = -UNIT_RANGE * g.motion_negative
+    assert (coef >= floor - 1e-3).all() and (coef.min(0).values < 0.9 * floor).any()
+    assert g.motion_negative[list(ACTION_UNITS).index("upper_lid_raise")] > g.motion_negative[0]
 
 
 def test_gate_from_leaves_small_label_changes_alone():

@@ -183,6 +183,12 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
                  48: (0.0, 0.05), 60: (0.0, 0.05), 61: (0.0, -0.01), 62: (0.0, -0.01)},            # AU 26/27
 }
 
+# How far below 0 each unit's coefficient may go, as a share of UNIT_RANGE (the rest: 0.2, enough to
+# undo a face's own slight movement). A unit is a contraction: lids may droop, but no muscle pulls
+# the lower lid down or the inner brow below where brow_lower takes it.
+UNIT_NEGATIVE = {"upper_lid_raise": 0.67}
+UNIT_NEGATIVE_DEFAULT = 0.2
+
 # dlib's 68 points: each point's mirror image (jaw, brows, nose, eyes, outer and inner lips).
 _MIRROR = (list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30] + [35, 34, 33, 32, 31]
            + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40] + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]

@@ -233,9 +233,11 @@ class WarpGenerator(Generator):
             # each expression, see affectedit.basis.motion_basis), or along the face's elementary
             # movements (action units, basis.action_unit_basis), with per-face coefficients in
             # [-MOTION_RANGE, MOTION_RANGE] (units: [-UNIT_RANGE, UNIT_RANGE]): smooth, human geometry by construction.
-            from affectedit.basis import ACTION_UNITS
+            from affectedit.basis import ACTION_UNITS, UNIT_NEGATIVE, UNIT_NEGATIVE_DEFAULT
 
             fields = len(ACTION_UNITS) if cfg.motion == "units" else 2 * len(BASIS_EMOTIONS)
+            if cfg.motion == "units":  # the share of the range each coefficient may take below 0
+                self.register_buffer("motion_negative", torch.tensor([UNIT_NEGATIVE.get(n, UNIT_NEGATIVE_DEFAULT) for n in ACTION_UNITS]))
             self.register_buffer("motion_basis", torch.zeros(fields, 2, cfg.image_size, cfg.image_size))
             self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, fields)
         self.gate_from = float(cfg.gate_from)
@@ -278,8 +280,10 @@ class WarpGenerator(Generator):
             if self.motion_peak > 0:  # coefficient range per field: its peak moves at most motion_peak of the side
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
                 beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
+            elif self.motion == "units":  # contractions: [-negative * UNIT_RANGE, UNIT_RANGE]
+                beta = UNIT_RANGE * torch.where(beta > 0, beta, beta * self.motion_negative.to(beta.dtype))
             else:
-                beta = (UNIT_RANGE if self.motion == "units" else MOTION_RANGE) * beta
+                beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
             if self.motion == "hybrid":
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
