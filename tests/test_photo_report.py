@@ -41,6 +41,11 @@ def test_texture_and_change(pair):
     assert pm.texture_ratio(Image.fromarray(noisy.astype(np.uint8)), neutral, face) > 1.5
     brighter = Image.fromarray((np.asarray(neutral, np.int16) + 3).clip(0, 255).astype(np.uint8))
     assert pm.mean_abs_change(brighter, neutral, face) == pytest.approx(3.0, abs=0.1)
+    # the eyes' box lies across the upper face, above the mouth's
+    lm = pm.landmarks68(neutral, face)
+    ex0, ey0, ex1, ey1 = pm.eyes_box(lm, (675, 675))
+    mx0, my0, mx1, my1 = pm.mouth_box(lm, (675, 675))
+    assert ey1 < my0 and ex1 - ex0 > mx1 - mx0
     x0, y0, x1, y1 = pm.face_box(face, (675, 675))
     assert 0 <= x0 < x1 <= 675 and 0 <= y0 < y1 <= 675 and (x1 - x0) > 150
 
@@ -105,7 +110,7 @@ def test_report_end_to_end_with_identity_editor(shared_data, tmp_path):
     s = r["summary"]["neutral"]["all"]
     assert s["same_person"] == 1.0 and s["change"]["max"] == 0.0
     assert s["texture_ratio"]["min"] == pytest.approx(1.0) and s["texture_ratio"]["max"] == pytest.approx(1.0)
-    assert s["mouth_texture_ratio"]["mean"] == pytest.approx(1.0)
+    assert s["mouth_texture_ratio"]["mean"] == pytest.approx(1.0) and s["eyes_texture_ratio"]["mean"] == pytest.approx(1.0)
     assert r["summary"]["happy"]["all"]["identity_distance"]["max"] < 1e-6
     assert r["mouth"]["n"] == 2 and abs(r["mouth"]["median"]) < 1e-9
     assert json.loads((tmp_path / "metrics.json").read_text())["summary"]["sad"]["all"]["n"] == 3

@@ -46,8 +46,8 @@ def markdown(r: dict) -> str:
         "",
         "| emotion (V, A) | judge agrees % (>= 80) | fer agrees % (trained against) | same person % (>= 90) | "
         "texture ratio mean [min, max] (0.9-1.15) | mouth-region texture ratio mean [min, max] | "
-        "change, grey levels mean [max] | judge's classes |",
-        "|---|---|---|---|---|---|---|---|",
+        "eye-region texture ratio mean [min, max] | change, grey levels mean [max] | judge's classes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e, per in r["summary"].items():
         s = per.get("all")
@@ -57,6 +57,7 @@ def markdown(r: dict) -> str:
         tex = s["texture_ratio"]
         tex_ok = None if tex["min"] is None else (tex["min"] >= t["texture_ratio"][0] and tex["max"] <= t["texture_ratio"][1])
         ch, mt = s["change"], s["mouth_texture_ratio"]
+        et = s.get("eyes_texture_ratio") or {"mean": None, "min": None, "max": None}
         ch_note = _ok(ch["mean"], t["neutral_change"], "max") if e == "neutral" else ""
         judge_cell = _pct(s["judge_agree"]) + (_ok(s["judge_agree"], t["judge_agree"]) if e in ("happy", "sad", "angry", "surprised") else "")
         classes = ", ".join(f"{k} {v}" for k, v in s["judge_classes"].items())
@@ -65,6 +66,7 @@ def markdown(r: dict) -> str:
             f"{_pct(s['same_person'])}{_ok(s['same_person'], t['same_person'])} | "
             f"{_num(tex['mean'])} [{_num(tex['min'])}, {_num(tex['max'])}]{'' if tex_ok is None else (' ✓' if tex_ok else ' ✗')} | "
             f"{_num(mt['mean'])} [{_num(mt['min'])}, {_num(mt['max'])}] | "
+            f"{_num(et['mean'])} [{_num(et['min'])}, {_num(et['max'])}] | "
             f"{_num(ch['mean'], '{:.1f}')} [{_num(ch['max'], '{:.1f}')}]{ch_note} | {classes} |")
     m = r["mouth"]
     lines += [
@@ -79,7 +81,8 @@ def markdown(r: dict) -> str:
         f"for the edit vs {_num(m.get('median_smile_shift_px'), '{:.1f}')} px for the real smile.",
         "",
         "Texture: the face-box ratio is the issue's measure; the mouth-region ratio (mouth landmarks' box, "
-        "widened by 0.3 of the mouth's width) shows local smearing or speckle that the whole box averages away.",
+        "widened by 0.3 of the mouth's width) and the eye-region ratio (both eyes' landmarks, widened by 0.15) show "
+        "local smearing, or new edges such as dark rings and creased lids, that the whole box averages away.",
         "",
         "## By face set",
         "",

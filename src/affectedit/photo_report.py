@@ -54,6 +54,7 @@ from affectedit.errors import UserError
 from affectedit.figures import face_cell, photo_grid
 from affectedit.photo_metrics import (
     descriptor,
+    eyes_box,
     face_box,
     landmarks68,
     mean_abs_change,
@@ -270,7 +271,8 @@ def photo_report(
         face = _pick_lfw_face(found, photo.size) if item["set"] == "lfw" else found[0]
         d_in = descriptor(photo, face)
         in_top = judge.top([photo], faces=[face])[0]
-        mbox = mouth_box(landmarks68(photo, face), (photo.height, photo.width))
+        lm68 = landmarks68(photo, face)
+        mbox, ebox = mouth_box(lm68, (photo.height, photo.width)), eyes_box(lm68, (photo.height, photo.width))
         rec = {"id": item["id"], "set": item["set"], "input_judge": in_top, "input_fer": _fer_top(fer, photo, face),
                "box": [round(v, 1) for v in face.box], "edits": {}}
         edited_imgs = {}
@@ -298,6 +300,7 @@ def photo_report(
                 "same_person": dist < SAME_PERSON,
                 "texture_ratio": texture_ratio(ed, photo, face),
                 "mouth_texture_ratio": texture_ratio(ed, photo, mbox),
+                "eyes_texture_ratio": texture_ratio(ed, photo, ebox),
                 "change": mean_abs_change(ed, photo, face),
             }
         if item["set"] == "london" and item.get("smiling") is not None and "happy" in edited_imgs:
@@ -330,6 +333,7 @@ def photo_report(
                 "identity_distance": _stats([x["identity_distance"] for x in rows]),
                 "texture_ratio": _stats([x["texture_ratio"] for x in rows]),
                 "mouth_texture_ratio": _stats([x["mouth_texture_ratio"] for x in rows]),
+                "eyes_texture_ratio": _stats([x.get("eyes_texture_ratio") for x in rows]),
                 "change": _stats([x["change"] for x in rows]),
                 "judge_classes": _counts(x["judge"] for x in rows),
                 "fer_classes": _counts(x["fer"] for x in rows) if fer is not None else None,
