@@ -162,7 +162,9 @@ def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0, progress: bool
 # left (the subject's right) and the midline; the other side is the mirror image. Each is a
 # moderate movement: G scales each by a coefficient in [-UNIT_RANGE, UNIT_RANGE] (see
 # ``networks.WarpGenerator``; a negative one moves the other way, e.g. drooping lids for AU 5).
-# Typical expressions: happiness 6+12, sadness 1+4+15(+17), anger 4+5+7+24, surprise 1+2+5+26.
+# Typical expressions: happiness 6+12, sadness 1+4+15(+17), anger 4+5+7+24, surprise 1+2+5(+26).
+# No jaw drop (AU 26): parting the lips by moving pixels stretches the lips into streaks where the
+# dark mouth and teeth should appear, which no warp of the closed mouth contains.
 ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
     "inner_brow_raise": {21: (0.0, -0.10), 20: (0.0, -0.06), 19: (0.0, -0.025)},                  # AU 1
     "outer_brow_raise": {17: (0.0, -0.09), 18: (0.0, -0.09), 19: (0.0, -0.06), 20: (0.0, -0.03)},  # AU 2
@@ -178,9 +180,6 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
     "chin_raise": {57: (0.0, -0.05), 58: (0.0, -0.045), 59: (0.0, -0.02), 66: (0.0, -0.03),
                    67: (0.0, -0.025), 8: (0.0, -0.04), 7: (0.0, -0.03)},                           # AU 17
     "lip_press": {50: (0.0, 0.02), 51: (0.0, 0.02), 57: (0.0, -0.02), 58: (0.0, -0.02), 48: (0.02, 0.0)},  # AU 23/24
-    "jaw_drop": {8: (0.0, 0.10), 7: (0.0, 0.095), 6: (0.0, 0.08), 5: (0.0, 0.05), 4: (0.0, 0.025),
-                 57: (0.0, 0.10), 58: (0.0, 0.095), 59: (0.0, 0.065), 66: (0.0, 0.10), 67: (0.0, 0.095),
-                 48: (0.0, 0.05), 60: (0.0, 0.05), 61: (0.0, -0.01), 62: (0.0, -0.01)},            # AU 26/27
 }
 
 # How far below 0 each unit's coefficient may go, as a share of UNIT_RANGE (the rest: 0.2, enough to
