@@ -187,8 +187,8 @@ def test_warp_head_trains_against_the_expression_model(tiny_cache, tmp_path):
 
 
 def test_warm_start_copies_what_fits(tiny_cache, tmp_path):
+    from affectedit.checkpoint import warm_start
     from affectedit.networks import build_models
-    from affectedit.train import warm_start
 
     train(_cfg("train.steps=1"), tiny_cache, tmp_path / "p", progress=False)
     src = load_checkpoint(tmp_path / "p" / "checkpoint.pt")["models"]["generator"]

@@ -49,6 +49,7 @@ __all__ = [
     "resolve_weights",
     "save_checkpoint",
     "save_weights",
+    "warm_start",
     "write_torch",
 ]
 
@@ -425,3 +426,27 @@ def _read_legacy(path: Path) -> dict[str, Any]:
     edit = {"mode": "residual", "colour": "keep"}
     edit.update({k: info[k] for k in ("strength", "label_range") if info.get(k) is not None})
     return {"config": state["config"], "models": state["models"], "step": int(state.get("step", 0)), "edit": edit}
+
+
+def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
+    """Copy every E/G tensor of a checkpoint (or exported weights) whose shape fits into `models`.
+
+    For the warp head, the pixel generator's RGB layer initialises the colour channels, so C
+    starts as the paper's reconstruction. Returns the names of the tensors that were copied."""
+    state = load_checkpoint(path)
+    copied = []
+    for name in ("encoder", "generator"):
+        own = models[name].state_dict()
+        for k, v in state["models"].get(name, {}).items():
+            v = v.float()
+            if k in own and own[k].shape == v.shape:
+                own[k].copy_(v)
+                copied.append(f"{name}.{k}")
+            elif k in own and own[k].ndim == v.ndim == 4 and own[k].shape[1] == 6 and v.shape[1] == 3:
+                own[k][:, 3:].copy_(v)  # ConvTranspose2d weight: in x out x k x k
+                copied.append(f"{name}.{k}[colour]")
+            elif k in own and own[k].shape == (6,) and v.shape == (3,):
+                own[k][3:].copy_(v)
+                copied.append(f"{name}.{k}[colour]")
+        models[name].load_state_dict(own)
+    return copied

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from affectedit.basis import action_unit_basis, appearance_basis, motion_basis
-from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, warm_start
 from affectedit.config import Config
 from affectedit.data.labels import CIRCUMPLEX
 from affectedit.errors import UserError
@@ -135,30 +135,6 @@ def _jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 2), size=size, mode="bilinear", align_corners=False)
     b = r[:, 3:4, None, None].abs().to(x.dtype)
     return (1 - b) * x + b * torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
-
-
-def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
-    """Copy every E/G tensor of a checkpoint (or exported weights) whose shape fits into `models`.
-
-    For the warp head, the pixel generator's RGB layer initialises the colour channels, so C
-    starts as the paper's reconstruction. Returns the names of the tensors that were copied."""
-    state = load_checkpoint(path)
-    copied = []
-    for name in ("encoder", "generator"):
-        own = models[name].state_dict()
-        for k, v in state["models"].get(name, {}).items():
-            v = v.float()
-            if k in own and own[k].shape == v.shape:
-                own[k].copy_(v)
-                copied.append(f"{name}.{k}")
-            elif k in own and own[k].ndim == v.ndim == 4 and own[k].shape[1] == 6 and v.shape[1] == 3:
-                own[k][:, 3:].copy_(v)  # ConvTranspose2d weight: in x out x k x k
-                copied.append(f"{name}.{k}[colour]")
-            elif k in own and own[k].shape == (6,) and v.shape == (3,):
-                own[k][3:].copy_(v)
-                copied.append(f"{name}.{k}[colour]")
-        models[name].load_state_dict(own)
-    return copied
 
 
 def step_optimizers(accelerator, *optimizers) -> None:
