@@ -138,3 +138,11 @@ def test_export_weights_and_errors(tiny_run, tiny_cache, tmp_path, capsys):
     assert ".onnx" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+    # the warp head's dead zone can be stored with the weights; the pixel generator has none
+    assert main(["export", "--checkpoint", str(tiny_run), "--format", "weights", "-o", str(tmp_path / "g"),
+                 "--gate-from", "0.2"]) == 2
+    assert "warp head only" in capsys.readouterr().err
+    assert main(["export", "--format", "weights", "-o", str(tmp_path / "bundled"), "--gate-from", "0.2"]) == 0
+    gated = Editor.from_pretrained(tmp_path / "bundled", device="cpu")
+    assert gated.generator.gate_from == 0.2 and gated.config.model.gate_from == 0.2
+    assert gated.edit_config == Editor.from_pretrained(device="cpu").edit_config

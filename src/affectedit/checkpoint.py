@@ -340,14 +340,24 @@ def read_weights(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def export_weights(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, edit: dict | None = None,
-                   force: bool = True) -> Path:
+                   force: bool = True, gate_from: float | None = None) -> Path:
     """Write the inference weights of a checkpoint (training checkpoint or weights) to
     ``out_dir/model.safetensors`` with the edit settings ``edit`` (see ``save_weights``; None: the
-    settings stored with ``checkpoint``, if any)."""
+    settings stored with ``checkpoint``, if any). ``gate_from``: the warp head's dead zone to
+    store (``model.gate_from``: targets this close to the face's own label change nothing; None:
+    the checkpoint's)."""
     state = load_checkpoint(checkpoint)
+    config = state["config"]
+    if gate_from is not None:
+        if config.get("model", {}).get("head") != "warp":
+            raise UserError("--gate-from applies to the warp head only; this model has the pixel generator")
+        if not 0.0 <= gate_from < 1.0:
+            raise UserError(f"--gate-from must be in [0, 1), got {gate_from}")
+        config = {**config, "model": {**config["model"], "gate_from": float(gate_from)}}
+        state = {**state, "config": config}
     models_from_checkpoint(state)  # the same checks as when loading: both networks, fitting the config
     settings = state.get("edit", {}) if edit is None else edit
-    return save_weights(out_dir, state["models"], state["config"], settings, state.get("step", 0), force)
+    return save_weights(out_dir, state["models"], config, settings, state.get("step", 0), force)
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

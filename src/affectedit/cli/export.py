@@ -7,7 +7,7 @@ from pathlib import Path
 
 from affectedit.errors import UserError
 
-_WEIGHTS_ONLY = ("mode", "strength", "colour", "label_range_from")
+_WEIGHTS_ONLY = ("mode", "strength", "colour", "label_range_from", "gate_from")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label-range-from", metavar="CACHE", default=None,
                    help="weights only: the training cache; its labels' range (0.1-99.9th percentiles) is stored so "
                    "that the dials' [-1, 1] map onto the labels the model has seen (default: the checkpoint's, else none)")
+    p.add_argument("--gate-from", type=float, default=None, metavar="G",
+                   help="weights only, warp head: store this dead zone (model.gate_from): a target within G of the "
+                   "face's own label changes nothing (e.g. the one calibrated; default: the checkpoint's)")
     p.set_defaults(func=run_export)
 
 
@@ -53,7 +56,7 @@ def run_export(args: argparse.Namespace) -> int:
         if out.suffix.lower() != ".onnx":
             raise UserError(f"ONNX output {out} should end in .onnx")
         if any(getattr(args, k) is not None for k in _WEIGHTS_ONLY):
-            raise UserError("--mode, --strength, --colour and --label-range-from are stored with --format weights only "
+            raise UserError("--mode, --strength, --colour, --label-range-from and --gate-from are stored with --format weights only "
                             "(the ONNX graph uses the settings stored with the weights; strength is one of its inputs)")
         path = export_onnx(args.checkpoint, out, force=args.force)
     else:
@@ -71,6 +74,6 @@ def run_export(args: argparse.Namespace) -> int:
             labels_range = label_range(FaceCache(args.label_range_from).labels)
         settings = EditConfig.stored(load_checkpoint(source)).update(
             mode=args.mode, strength=args.strength, colour=args.colour, label_range=labels_range)
-        path = export_weights(source, out, edit=dataclasses.asdict(settings), force=args.force)
+        path = export_weights(source, out, edit=dataclasses.asdict(settings), force=args.force, gate_from=args.gate_from)
     print(f"wrote {path}")
     return 0
