@@ -120,7 +120,7 @@ def _symmetric(flow: np.ndarray) -> np.ndarray:
     return (flow + mirror) / 2
 
 
-def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0, progress: bool = False) -> torch.Tensor:
+def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0) -> torch.Tensor:
     """The motion directions of the warp head's "basis" motion: for each expression of
     ``networks.BASIS_EMOTIONS`` (in order) the upper-face then the lower-face flow of its mean
     landmark movement from the same people's neutral face (see the module's docstring).

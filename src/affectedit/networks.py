@@ -265,7 +265,7 @@ class WarpGenerator(Generator):
                 h = h + self.cond[j](cond)[:, :, None, None].to(h.dtype)
                 j += 1
             h = layer(h)
-            if i == self.coarse_after and self.motion != "basis":
+            if i == self.coarse_after and self.motion in ("free", "hybrid"):  # the only heads with a free flow
                 coarse = self.coarse(h)
         size = h.shape[-2:]
         gate = ((delta.float().norm(dim=1) - self.gate_from) / GATE).clamp(0.0, 1.0)[:, None, None, None].to(h.dtype)

@@ -57,19 +57,25 @@ def mean_abs_change(edited, original, face) -> float:
     return float(np.abs(a[y0:y1, x0:x1] - b[y0:y1, x0:x1]).mean())
 
 
-def mouth_box(lm68: np.ndarray, shape, pad: float = 0.3, points=MOUTH) -> tuple[int, int, int, int]:
-    """Integer box around the 20 mouth landmarks (points 48-67; or ``points``), widened by ``pad``
-    times the box's width on every side, clipped to an image of ``shape``."""
+def _landmarks_box(lm68: np.ndarray, shape, points: slice, pad: float) -> tuple[int, int, int, int]:
+    """Integer box around the landmarks ``points``, widened by ``pad`` times the box's width on
+    every side, clipped to an image of ``shape``."""
     pts = np.asarray(lm68, dtype=np.float64)[points]
     (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
     p = pad * (x1 - x0)
     return face_box((x0 - p, y0 - p, x1 + p, y1 + p), shape)
 
 
+def mouth_box(lm68: np.ndarray, shape, pad: float = 0.3) -> tuple[int, int, int, int]:
+    """Integer box around the 20 mouth landmarks (points 48-67), widened by ``pad`` times the
+    mouth's width on every side, clipped to an image of ``shape``."""
+    return _landmarks_box(lm68, shape, MOUTH, pad)
+
+
 def eyes_box(lm68: np.ndarray, shape, pad: float = 0.15) -> tuple[int, int, int, int]:
     """Integer box around both eyes' 12 landmarks (points 36-47), widened by ``pad`` times its
     width on every side (lids, the skin around them, the lower brows), clipped to ``shape``."""
-    return mouth_box(lm68, shape, pad, EYES)
+    return _landmarks_box(lm68, shape, EYES, pad)
 
 
 def _dlib_rect(face, shape):

@@ -257,12 +257,12 @@ def train(
         g = models["generator"]
         if mc.appearance == "basis" and not g.basis.any():
             g.basis.copy_(appearance_basis(caches))
-        if mc.motion in ("basis", "hybrid") and not g.motion_basis.any():
+        if mc.motion == "units" and not g.motion_basis.any():
+            g.motion_basis.copy_(action_unit_basis(caches))
+        elif mc.motion in ("basis", "hybrid") and not g.motion_basis.any():
             if accelerator.is_main_process:
                 print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")
             g.motion_basis.copy_(motion_basis(caches))
-        if mc.motion == "units" and not g.motion_basis.any():
-            g.motion_basis.copy_(action_unit_basis(caches))
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         saved = Config.from_dict(state["config"])
