@@ -108,7 +108,8 @@ def rbf_flow(points: np.ndarray, moves: np.ndarray, size: int, sigma: float = 4.
     weights = np.linalg.solve(gram + ridge * np.eye(len(centres)), -moves)  # K x 2
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
     grid = np.stack([xs.ravel(), ys.ravel()], 1)  # (x, y) per pixel
-    kern = np.exp(-((grid[:, None, :] - centres[None]) ** 2).sum(-1) / (2 * sigma**2))  # P x K
+    d2 = (grid**2).sum(1)[:, None] + (centres**2).sum(1)[None] - 2 * grid @ centres.T  # P x K squared distances
+    kern = np.exp(-np.maximum(d2, 0) / (2 * sigma**2))
     flow = (kern @ weights).T.reshape(2, size, size)  # pixels
     return flow * (2.0 / size)  # grid_sample units (align_corners=False)
 
@@ -215,18 +216,21 @@ def rest_landmarks(caches, limit: int = 400) -> np.ndarray:
     return (rest + mirrored) / 2
 
 
-def action_unit_basis(caches, sigma: float = 4.0) -> torch.Tensor:
+def action_unit_basis(caches, sigma: float = 4.0, mouth: bool = False, rest: np.ndarray | None = None) -> torch.Tensor:
     """The motion fields of ``model.motion="units"``: one smooth, left-right symmetric flow per
-    action unit of :data:`ACTION_UNITS` (in order), moving the mean neutral training face's
-    landmarks as the unit says and pinning every other landmark. U x 2 x S x S, grid_sample units."""
+    action unit of :data:`ACTION_UNITS` (in order; with ``mouth`` the opening of
+    ``affectedit.mouth.MOUTH_OPEN`` last), moving the mean neutral training face's landmarks
+    (``rest``, computed when None) as the unit says and pinning every other landmark.
+    U x 2 x S x S, grid_sample units."""
     from affectedit.data.cache import FaceCache
+    from affectedit.mouth import MOUTH_OPEN
 
     size = FaceCache(caches[0]).size
-    rest = rest_landmarks(caches)
+    rest = rest_landmarks(caches) if rest is None else rest
     eyes = rest[36:42].mean(0), rest[42:48].mean(0)
     scale = float(np.linalg.norm(eyes[1] - eyes[0]))  # inter-ocular distance, pixels
     out = []
-    for moves in ACTION_UNITS.values():
+    for moves in [*ACTION_UNITS.values(), *([MOUTH_OPEN] if mouth else [])]:
         move = np.zeros((68, 2))
         for i, (dx, dy) in moves.items():
             move[i] = (dx * scale, dy * scale)

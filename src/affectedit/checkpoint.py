@@ -458,5 +458,9 @@ def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
             elif k in own and own[k].shape == (6,) and v.shape == (3,):
                 own[k][3:].copy_(v)
                 copied.append(f"{name}.{k}[colour]")
+            elif k in own and own[k].ndim == v.ndim and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0] \
+                    and not k.endswith("motion_basis"):
+                own[k][: v.shape[0]].copy_(v)  # a head that gained outputs (the opening mouth's unit): the old ones
+                copied.append(f"{name}.{k}[:{v.shape[0]}]")
         models[name].load_state_dict(own)
     return copied

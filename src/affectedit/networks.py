@@ -137,12 +137,19 @@ class Fields(NamedTuple):
                           edited crop at p samples the input at p + flow(p)), |flow| <= max_flow
     mask   N x 1 x S x S  A in [0, 1]: where new appearance (colour) replaces the warped input
     colour N x 3 x S x S  C in [-1, 1]
-    delta  N x 3 x S x S  an additive appearance change (the "basis" appearance), or None"""
+    delta  N x 3 x S x S  an additive appearance change (the "basis" appearance), or None
+    With ``model.mouth = "open"`` (else None; see affectedit.mouth):
+    units      N x (U + 1)    the gated unit coefficients, the mouth's opening last
+    landmarks  N x 68 x 2     where they start: the mean neutral face's landmarks, unit crop coordinates
+    mouth_flow N x 2 x S x S  the opening's part of ``flow``"""
 
     flow: torch.Tensor
     mask: torch.Tensor
     colour: torch.Tensor
     delta: torch.Tensor | None = None
+    units: torch.Tensor | None = None
+    landmarks: torch.Tensor | None = None
+    mouth_flow: torch.Tensor | None = None
 
 
 # The mask logit starts here (sigmoid(-3) = 0.05): G begins by moving pixels, not repainting them
@@ -174,6 +181,9 @@ MOTION_RANGE = 3.0
 # motion="units": each action unit's coefficient lies in [-UNIT_RANGE, UNIT_RANGE] (basis.ACTION_UNITS
 # defines a moderate movement; 1.5 of it is a strong one).
 UNIT_RANGE = 1.5
+
+# model.mouth="open": the opening's logit starts here (sigmoid(-4) = 0.018 of its range: closed).
+MOUTH_OFFSET = -4.0
 
 # motion="hybrid": the free flow acts from this height of the aligned crop down (the nose tip; dlib's
 # mean landmarks on the training crops: brows 0.19, eyes 0.30, nose tip 0.49, mouth 0.70).
@@ -238,6 +248,19 @@ class WarpGenerator(Generator):
             fields = len(ACTION_UNITS) if cfg.motion == "units" else 2 * len(BASIS_EMOTIONS)
             if cfg.motion == "units":  # the share of the range each coefficient may take below 0
                 self.register_buffer("motion_negative", torch.tensor([UNIT_NEGATIVE.get(n, UNIT_NEGATIVE_DEFAULT) for n in ACTION_UNITS]))
+        self.mouth = cfg.mouth
+        if cfg.mouth == "open":
+            # The opening mouth (affectedit.mouth): one more unit, last, in [0, UNIT_RANGE]; its
+            # inside is drawn where the moved inner lips part, from the mean neutral face's
+            # landmarks (set before training, like the motion fields) moved by every unit.
+            from affectedit.mouth import all_moves
+
+            fields += 1
+            self.register_buffer("rest_landmarks", torch.zeros(68, 2))
+            self.register_buffer("unit_moves", all_moves())
+            pixels = (torch.arange(cfg.image_size, dtype=torch.float32) + 0.5) / cfg.image_size
+            self.register_buffer("pixel_grid", torch.stack(torch.meshgrid(pixels, pixels, indexing="xy")), persistent=False)
+        if cfg.motion in ("basis", "hybrid", "units"):
             self.register_buffer("motion_basis", torch.zeros(fields, 2, cfg.image_size, cfg.image_size))
             self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, fields)
         self.gate_from = float(cfg.gate_from)
@@ -276,20 +299,41 @@ class WarpGenerator(Generator):
         if self.motion == "free":
             flow = gate * free
         else:
-            beta = torch.tanh(self.beta(coefficients_in))
+            raw = self.beta(coefficients_in)
+            beta = torch.tanh(raw)
             if self.motion_peak > 0:  # coefficient range per field: its peak moves at most motion_peak of the side
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
                 beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
             elif self.motion == "units":  # contractions: [-negative * UNIT_RANGE, UNIT_RANGE]
-                beta = UNIT_RANGE * torch.where(beta > 0, beta, beta * self.motion_negative.to(beta.dtype))
+                if self.mouth == "open":  # the opening: OPEN_RANGE * sigmoid, never exactly 0 (so it learns)
+                    from affectedit.mouth import OPEN_RANGE
+
+                    u = len(self.motion_negative)
+                    opening = OPEN_RANGE * torch.sigmoid(raw[:, u:] + MOUTH_OFFSET)
+                    beta = torch.cat([UNIT_RANGE * torch.where(beta[:, :u] > 0, beta[:, :u], beta[:, :u] * self.motion_negative.to(beta.dtype)),
+                                      opening.to(beta.dtype)], 1)
+                else:
+                    beta = UNIT_RANGE * torch.where(beta > 0, beta, beta * self.motion_negative.to(beta.dtype))
             else:
                 beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)
             if self.motion == "hybrid":
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
+        mouth = {}
+        if self.mouth == "open":
+            from affectedit.mouth import moved_landmarks, render
+
+            units = gate.flatten(0).float()[:, None] * beta.float()
+            rest = self.rest_landmarks.float().expand(len(units), 68, 2)
+            lm = moved_landmarks(rest, units, self.unit_moves)
+            a, c = render(self.pixel_grid[0], self.pixel_grid[1], lm, 0.5 / size[-1], rest)
+            opening = units[:, -1, None, None, None] * self.motion_basis[-1].float()
+            mouth = dict(units=units, landmarks=rest, mouth_flow=opening.to(h.dtype))
         if self.appearance == "basis":
             alpha = self.appearance_range * torch.tanh(self.alpha(coefficients_in))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
+            if mouth:
+                return Fields(flow, a.to(h.dtype), c.to(h.dtype), delta, **mouth)
             return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
         smooth = F.interpolate(F.avg_pool2d(h[:, 2:], 2), size=size, mode="bilinear", align_corners=False)
         mask = gate * torch.sigmoid(smooth[:, :1] + MASK_OFFSET)
@@ -386,6 +430,9 @@ def build_models(cfg: ModelConfig) -> dict[str, nn.Module]:
         raise ValueError(f"model.appearance must be 'free' or 'basis', got {cfg.appearance!r}")
     if cfg.motion not in ("free", "basis", "hybrid", "units"):
         raise ValueError(f"model.motion must be 'free', 'basis', 'hybrid' or 'units', got {cfg.motion!r}")
+    if cfg.mouth not in ("closed", "open") or (cfg.mouth == "open" and (cfg.motion, cfg.appearance) != ("units", "basis")):
+        raise ValueError(f"model.mouth must be 'closed' or 'open' (with model.motion 'units' and model.appearance 'basis'), "
+                         f"got {cfg.mouth!r} with motion {cfg.motion!r} and appearance {cfg.appearance!r}")
     models = {
         "encoder": WarpEncoder(cfg) if cfg.head == "warp" else Encoder(cfg),
         "generator": WarpGenerator(cfg) if cfg.head == "warp" else Generator(cfg),

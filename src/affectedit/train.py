@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from affectedit.basis import action_unit_basis, appearance_basis, motion_basis
+from affectedit.basis import action_unit_basis, appearance_basis, motion_basis, rest_landmarks
 from affectedit.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, warm_start
 from affectedit.config import Config
 from affectedit.data.labels import CIRCUMPLEX
@@ -258,7 +258,10 @@ def train(
         if mc.appearance == "basis" and not g.basis.any():
             g.basis.copy_(appearance_basis(caches))
         if mc.motion == "units" and not g.motion_basis.any():
-            g.motion_basis.copy_(action_unit_basis(caches))
+            rest = rest_landmarks(caches)
+            g.motion_basis.copy_(action_unit_basis(caches, mouth=mc.mouth == "open", rest=rest))
+            if mc.mouth == "open":  # unit crop coordinates
+                g.rest_landmarks.copy_(torch.from_numpy((rest + 0.5) / mc.image_size).float())
         elif mc.motion in ("basis", "hybrid") and not g.motion_basis.any():
             if accelerator.is_main_process:
                 print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")

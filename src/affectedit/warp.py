@@ -36,6 +36,8 @@ from affectedit.faces import blend_region, ellipse_alpha
 from affectedit.images import LUMA
 from affectedit.networks import Fields, warp_image
 
+_IMAGE_FIELDS = ("flow", "mask", "colour", "delta")
+
 __all__ = ["CropEdit", "Fields", "apply_to_photo", "compose", "luma_change", "warp_image"]
 
 
@@ -48,17 +50,30 @@ class CropEdit:
     mask: torch.Tensor | None = None
     colour: torch.Tensor | None = None
     delta: torch.Tensor | None = None
+    units: torch.Tensor | None = None       # the opening mouth (affectedit.mouth): N x (U + 1) unit coefficients,
+    landmarks: torch.Tensor | None = None   # N x 68 x 2 where they start (unit crop coordinates),
+    mouth_flow: torch.Tensor | None = None  # N x 2 x S x S the opening's part of flow
 
     @classmethod
     def from_fields(cls, f, strength: float = 1.0) -> CropEdit:
-        """The edit of a warp head's :class:`Fields`, scaled: flow * s, mask * s (clamped to [0, 1])."""
+        """The edit of a warp head's :class:`Fields`, scaled: flow * s, mask * s (clamped to [0, 1]);
+        with the opening mouth, its units * s instead of mask and colour (the mouth's inside is
+        drawn where the edit is applied, at that resolution)."""
         delta = getattr(f, "delta", None)
-        return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour,
-                   delta=None if delta is None else delta * strength)
+        delta = None if delta is None else delta * strength
+        if getattr(f, "units", None) is not None:
+            return cls(flow=f.flow * strength, delta=delta, units=f.units * strength, landmarks=f.landmarks,
+                       mouth_flow=f.mouth_flow * strength)
+        return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour, delta=delta)
 
     def present(self) -> dict[str, torch.Tensor]:
-        """The fields that are not None, by name, in the order flow, mask, colour, delta."""
+        """The fields that are not None, by name, in the order flow, mask, colour, delta, units,
+        landmarks, mouth_flow."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def images(self) -> dict[str, torch.Tensor]:
+        """The present fields that are images at the model's resolution (flow, mask, colour, delta)."""
+        return {k: v for k, v in self.present().items() if k in _IMAGE_FIELDS}
 
     def __len__(self) -> int:
         return next((len(t) for t in self.present().values()), 0)
@@ -88,8 +103,16 @@ def compose(x: torch.Tensor, edit) -> torch.Tensor:
     h, w = x.shape[-2:]
     f = {k: t.to(x.dtype) if t.shape[-2:] == (h, w) else
          F.interpolate(t.to(x.dtype), size=(h, w), mode="bilinear", align_corners=False)
-         for k, t in edit.present().items()}
+         for k, t in edit.images().items()}
     out = warp_image(x, f["flow"]) if "flow" in f and f["flow"].any() else x  # no flow: exactly x
+    if edit.units is not None:  # the mouth's inside, drawn at this resolution
+        from affectedit.mouth import moved_landmarks, render
+
+        pix = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+        piy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+        uy, ux = torch.meshgrid(piy, pix, indexing="ij")
+        lm = moved_landmarks(edit.landmarks.float().cpu(), edit.units.float().cpu())
+        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, lm, 0.5 / w, edit.landmarks.float().cpu()))
     if "mask" in f:
         out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
     if "delta" in f:
@@ -120,7 +143,12 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         uy = t[1, 0] * px + t[1, 1] * py + t[1, 2]
         alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
         grid = torch.from_numpy(np.stack([2 * ux - 1, 2 * uy - 1], -1).astype(np.float32))[None]
-        parts = edit[i].present()
+        one = edit[i]
+        parts = one.images()
+        mouth = None
+        if one.units is not None and float(one.units[0, -1]) > MIN_OPENING:
+            mouth = _face_mouth(out, face, one)
+            parts["flow"] = parts["flow"] + mouth[0]
         sampled = F.grid_sample(torch.cat(list(parts.values()), 1), grid, mode="bilinear", padding_mode="border",
                                 align_corners=False)[0] if parts else None
         f, k = {}, 0
@@ -133,6 +161,8 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
             edited = (1 - f["mask"]) * edited + f["mask"] * colour
         if "delta" in f:
             edited = edited + f["delta"] * 127.5
+        if mouth is not None:
+            edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy)
         blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
         out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(out, "RGB")
@@ -161,3 +191,60 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
     # bicubic: a bilinear read at sub-pixel positions is a small blur (a smooth flow of a tenth of a
     # pixel took ~8% of the face's fine texture); bicubic keeps it
     return F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)[0].clamp_(0, 255)
+
+
+# The largest grain (grey levels, mean absolute) added to the drawn mouth.
+MAX_GRAIN = 3.0
+
+# The opening below which a face's mouth is left closed (no landmarks, no drawing): 0.02 of a
+# moderate opening parts the lips by well under a pixel.
+MIN_OPENING = 0.02
+
+
+def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
+    """(flow correction 1 x 2 x S x S, moved and own landmarks 1 x 68 x 2 in unit crop coordinates) of one
+    face's opening mouth: the face's own 68 landmarks replace the mean face's where the opening
+    moves pixels and where the mouth's inside is drawn."""
+    from affectedit.mouth import flow_for, moved_landmarks
+    from affectedit.photo_metrics import landmarks68
+
+    t = np.asarray(face.transform, dtype=np.float64)
+    lm = landmarks68(photo, face)
+    unit = lm @ t[:, :2].T + t[:, 2]  # photo pixels -> unit crop coordinates
+    size = edit.mouth_flow.shape[-1]
+    own = torch.from_numpy(flow_for(unit * size - 0.5, size)).float()
+    opening = edit.units[0, -1].float()
+    correction = (opening * own - edit.mouth_flow[0].float())[None]
+    moved = moved_landmarks(torch.from_numpy(unit).float()[None], edit.units.float())
+    return correction, moved, torch.from_numpy(unit).float()[None]
+
+
+def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, t: np.ndarray, ux, uy) -> torch.Tensor:
+    """``edited`` (3 x h x w, 0-255) with the mouth's inside drawn at the photo's pixels (unit crop
+    coordinates ux, uy), its brightness matched to the skin around the mouth and the photo's grain
+    added (the same noise every time), so the new pixels are neither brighter nor smoother than the
+    photo. Only the window around the moved lips is computed."""
+    from affectedit.mouth import render
+
+    lips = torch.cat([moved[0, 48:68], rest[0, 48:68]]).numpy()
+    pad = 0.04  # unit crop coordinates: about a third of the mouth's width
+    inside = ((ux >= lips[:, 0].min() - pad) & (ux <= lips[:, 0].max() + pad)
+              & (uy >= lips[:, 1].min() - pad) & (uy <= lips[:, 1].max() + pad))
+    rows, cols = np.nonzero(inside.any(1))[0], np.nonzero(inside.any(0))[0]
+    if not len(rows) or not len(cols):
+        return edited
+    win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
+    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, 0.6 * pixel, rest)
+    mask, colour = mask[0], (colour[0] + 1) * 127.5
+    grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
+    skin = grey[mask[0] < 0.01]
+    level = float(torch.quantile(skin[:: max(1, len(skin) // 4096)], 0.8)) if len(skin) else 185.0  # lit skin, not stubble
+    colour = colour * min(max(level / 185.0, 0.45), 1.15)
+    fine = (grey - F.avg_pool2d(grey[None, None], 3, 1, 1, count_include_pad=False)[0, 0])[mask[0] < 0.01]
+    grain = min(float(fine.abs().median()) * 1.25, MAX_GRAIN) if len(fine) else 0.0  # (a beard is not grain)
+    bright = (colour * torch.tensor(LUMA).view(3, 1, 1)).sum(0) / 170.0  # noise scales with the light: none in the dark
+    noise = torch.randn(mask.shape[-2:], generator=torch.Generator().manual_seed(0)) * grain * bright
+    out = edited.clone()
+    out[:, win[0], win[1]] = (1 - mask) * edited[:, win[0], win[1]] + mask * (colour + noise)
+    return out

@@ -1,0 +1,175 @@
+"""The opening mouth (affectedit.mouth, model.mouth = "open"): its motion, the drawn inside, and its
+path through G, CropEdit and the photo, on a real portrait's own landmarks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from affectedit import faces as F
+from affectedit.basis import ACTION_UNITS
+from affectedit.mouth import MOUTH_OPEN, flow_for, moved_landmarks, render
+from affectedit.photo_metrics import landmarks68
+from affectedit.warp import CropEdit, apply_to_photo, compose
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "london_001_neutral.jpg"  # 675 x 675, one face, closed mouth
+U = len(ACTION_UNITS) + 1
+
+
+@pytest.fixture(scope="module")
+def portrait():
+    img = Image.open(EXAMPLE).convert("RGB")
+    face = F.detect_faces(img)[0]
+    lm = landmarks68(img, face)
+    t = np.asarray(face.transform)
+    unit = torch.from_numpy(lm @ t[:, :2].T + t[:, 2]).float()  # unit crop coordinates
+    return img, face, lm, unit
+
+
+def _units(opening: float, **units) -> torch.Tensor:
+    u = torch.zeros(1, U)
+    for name, v in units.items():
+        u[0, list(ACTION_UNITS).index(name)] = v
+    u[0, -1] = opening
+    return u
+
+
+def _grid(size: int):
+    p = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    uy, ux = torch.meshgrid(p, p, indexing="ij")
+    return ux, uy
+
+
+def test_closed_mouth_draws_nothing_and_an_open_one_draws_between_the_lips(portrait):
+    _, _, _, unit = portrait
+    ux, uy = _grid(256)
+    closed, _ = render(ux, uy, moved_landmarks(unit[None], _units(0.0)), 0.5 / 256, unit[None])
+    assert closed.max() < 0.05
+    lm = moved_landmarks(unit[None], _units(1.0))
+    mask, colour = render(ux, uy, lm, 0.5 / 256, unit[None])
+    assert mask.shape == (1, 1, 256, 256) and colour.shape == (1, 3, 256, 256)
+    assert colour.min() >= -1 and colour.max() <= 1
+    # the lower lip moved down; the mask covers the middle between the moved inner lips...
+    assert (lm[0, 66, 1] - unit[66, 1]) > 0.2 * (unit[45, 0] - unit[36, 0])
+    centre = ((lm[0, 62] + lm[0, 66]) / 2 * 256).long()
+    assert mask[0, 0, centre[1], centre[0]] > 0.9
+    # ...and nothing at the nose tip or the chin
+    for point in (30, 8):
+        x, y = (unit[point] * 256).long()
+        assert mask[0, 0, y, x] < 0.01
+    # teeth under the upper lip are bright, the cavity below them dark
+    below_lip = ((lm[0, 62] * 0.85 + lm[0, 66] * 0.15) * 256).long()
+    assert colour[0, :, below_lip[1], below_lip[0]].mean() > 0.3
+    assert colour[0, :, centre[1] + 2, centre[0]].mean() < -0.3
+
+
+def test_a_smile_widens_the_opening_with_the_corners(portrait):
+    _, _, _, unit = portrait
+    ux, uy = _grid(256)
+    plain, _ = render(ux, uy, moved_landmarks(unit[None], _units(0.4)), 0.5 / 256)
+    smile, _ = render(ux, uy, moved_landmarks(unit[None], _units(0.4, lip_corner_pull=1.2)), 0.5 / 256)
+    width = lambda m: (m[0, 0].amax(0) > 0.5).sum()  # noqa: E731 - columns the opening spans
+    assert width(smile) > width(plain) * 1.1
+
+
+def test_opening_flow_carries_the_lower_lip_down(portrait):
+    _, _, _, unit = portrait
+    size = 64
+    points = unit.numpy() * size - 0.5
+    flow = flow_for(points, size)  # backward: the edited crop at p samples p + flow(p)
+    scale = np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0))
+    arrive = points[66] + np.array(MOUTH_OPEN[66]) * scale
+    x, y = np.round(arrive).astype(int)
+    assert flow[1, y, x] * size / 2 < -0.5 * MOUTH_OPEN[66][1] * scale  # it reads from above
+    x, y = np.round(points[30]).astype(int)
+    assert abs(flow[1, y, x]) * size / 2 < 0.3  # the nose stays
+
+
+def _mouth_generator():
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open"]).model
+    g = build_models(cfg)["generator"]
+    return g, cfg
+
+
+def test_generator_opening_is_one_more_unit_gated_like_the_others(portrait):
+    from affectedit.mouth import OPEN_RANGE
+
+    _, _, _, unit = portrait
+    g, cfg = _mouth_generator()
+    assert g.beta.out_features == U == g.motion_basis.shape[0] == g.unit_moves.shape[0]
+    with torch.no_grad():
+        g.rest_landmarks.copy_(unit)
+        g.motion_basis.normal_(0, 0.01)
+        g.beta.bias[-1] = 20.0  # fully open
+    code = torch.randn(3, cfg.z_dim + 2)
+    y = code[:, cfg.z_dim:]
+    own = g(code, y)  # the face's own label: nothing opens, nothing is drawn
+    assert own.units.abs().max() == 0 and own.mask.max() == 0 and own.flow.abs().max() == 0
+    f = g(code, y + 0.8)
+    assert f.units.shape == (3, U) and f.landmarks.shape == (3, 68, 2)
+    assert torch.allclose(f.units[:, -1], torch.full((3,), OPEN_RANGE), atol=1e-3)
+    assert f.mask.max() > 0.5  # drawn at the model's resolution for training
+    assert torch.allclose(f.mouth_flow, f.units[:, -1, None, None, None] * g.motion_basis[-1], atol=1e-6)
+
+
+def test_mouth_needs_unit_motion_and_basis_appearance():
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    with pytest.raises(ValueError, match="model.mouth"):
+        build_models(get_config("tiny", ["model.head=warp", "model.mouth=open"]).model)
+
+
+def test_crop_edit_draws_the_mouth_at_the_crops_resolution(portrait):
+    _, _, _, unit = portrait
+    x = torch.zeros(1, 3, 128, 128)
+    edit = CropEdit(flow=torch.zeros(1, 2, 64, 64), units=_units(1.0), landmarks=unit[None],
+                    mouth_flow=torch.zeros(1, 2, 64, 64))
+    out = compose(x, edit)
+    assert out.shape == x.shape and out.min() < -0.6  # the dark cavity on the grey crop
+    assert torch.equal(compose(x, CropEdit(flow=torch.zeros(1, 2, 64, 64), units=_units(0.0), landmarks=unit[None],
+                                           mouth_flow=torch.zeros(1, 2, 64, 64)))[:, :, :40], x[:, :, :40])
+
+
+def test_photo_gets_an_open_mouth_drawn_at_its_own_resolution(portrait):
+    img, face, lm, unit = portrait
+    size = 64
+    own = torch.from_numpy(flow_for(unit.numpy() * size - 0.5, size)).float()[None]
+    edit = CropEdit(flow=own.clone(), units=_units(1.0), landmarks=unit[None], mouth_flow=own.clone())
+    out = np.asarray(apply_to_photo(img, [face], edit)).astype(float)
+    src = np.asarray(img).astype(float)
+    # between the lips, where the photo shows closed lips, the edit shows the dark mouth
+    scale = np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0))
+    cx, cy = ((lm[62] + lm[66]) / 2 + np.array([0, 0.15 * scale])).round().astype(int)
+    patch = (slice(cy - 2, cy + 3), slice(cx - 2, cx + 3))
+    assert out[patch].mean() < src[patch].mean() - 40
+    # the photo's grain is kept inside the drawn mouth (not a flat fill)
+    assert out[patch].std() > 0.5
+    # pixels far from the face are untouched
+    assert np.array_equal(out[:20], src[:20])
+    # an opening below MIN_OPENING draws nothing: the same as the plain flow edit
+    tiny = CropEdit(flow=own * 0.01, units=_units(0.01), landmarks=unit[None], mouth_flow=own * 0.01)
+    assert np.array_equal(np.asarray(apply_to_photo(img, [face], tiny)), np.asarray(apply_to_photo(img, [face], CropEdit(flow=own * 0.01))))
+
+
+def test_warm_start_keeps_the_old_units_when_the_head_gains_the_opening(tmp_path):
+    from affectedit.checkpoint import save_weights, warm_start
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    old_cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis"])
+    old = build_models(old_cfg.model)
+    save_weights(tmp_path / "old", {"encoder": old["encoder"], "generator": old["generator"]}, old_cfg.to_dict())
+    new, _ = _mouth_generator()
+    models = {"encoder": build_models(old_cfg.model)["encoder"], "generator": new}
+    copied = warm_start(models, tmp_path / "old")
+    assert "generator.beta.weight[:10]" in copied
+    assert torch.equal(new.beta.weight[:-1], old["generator"].beta.weight.half().float())  # weights are stored in fp16
+    assert not new.motion_basis.any()  # the fields are measured again, with the opening
