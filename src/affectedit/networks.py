@@ -328,7 +328,7 @@ class WarpGenerator(Generator):
             lm = moved_landmarks(rest, units, self.unit_moves)
             a, c = render(self.pixel_grid[0], self.pixel_grid[1], lm, 0.5 / size[-1], rest)
             opening = units[:, -1, None, None, None] * self.motion_basis[-1].float()
-            mouth = dict(units=units, landmarks=rest, mouth_flow=opening.to(h.dtype))
+            mouth = {"units": units, "landmarks": rest, "mouth_flow": opening.to(h.dtype)}
         if self.appearance == "basis":
             alpha = self.appearance_range * torch.tanh(self.alpha(coefficients_in))
             delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
