@@ -173,3 +173,35 @@ def test_warm_start_keeps_the_old_units_when_the_head_gains_the_opening(tmp_path
     assert "generator.beta.weight[:10]" in copied
     assert torch.equal(new.beta.weight[:-1], old["generator"].beta.weight.half().float())  # weights are stored in fp16
     assert not new.motion_basis.any()  # the fields are measured again, with the opening
+
+
+def test_editor_opens_the_mouth_of_a_real_photo_end_to_end(portrait, tmp_path):
+    """Editor.edit -> crop_edit -> CropEdit.from_fields -> apply_to_photo with a (tiny, untrained)
+    mouth model whose opening is forced fully open: the photo comes back with a dark mouth; the
+    weights round-trip with the mouth's buffers."""
+    from affectedit.config import get_config
+    from affectedit.editor import Editor
+    from affectedit.networks import build_models
+
+    img, face, lm, unit = portrait
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open"])
+    models = build_models(cfg.model)
+    g = models["generator"]
+    with torch.no_grad():
+        g.rest_landmarks.copy_(unit)  # as if this face were the mean training face
+        size = cfg.model.image_size
+        g.motion_basis[-1].copy_(torch.from_numpy(flow_for(unit.numpy() * size - 0.5, size)))
+        g.beta.weight.zero_()
+        g.beta.bias.zero_()
+        g.beta.bias[-1] = 20.0
+        g.alpha.weight.zero_()
+        g.alpha.bias.zero_()
+    editor = Editor(models["encoder"], g, cfg, precision="fp32", strength=1.0)
+    out = np.asarray(editor.edit(img, emotion="surprised")).astype(float)
+    src = np.asarray(img).astype(float)
+    scale = np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0))
+    cx, cy = ((lm[62] + lm[66]) / 2 + np.array([0, 0.12 * scale])).round().astype(int)
+    assert out[cy - 2:cy + 3, cx - 2:cx + 3].mean() < src[cy - 2:cy + 3, cx - 2:cx + 3].mean() - 40
+    saved = editor.save_pretrained(tmp_path / "m")
+    again = Editor.from_pretrained(saved.parent if saved.is_file() else saved, precision="fp32", strength=1.0)
+    assert torch.equal(again.generator.rest_landmarks, g.rest_landmarks.half().float())
