@@ -1,14 +1,14 @@
 """The opening mouth (``model.mouth = "open"``): lips parting and the jaw dropping, with the mouth's
-inside (dark cavity, upper and lower teeth) rendered where the lips part.
+inside (dark cavity, upper teeth, tongue) drawn where the lips part.
 
 A warp of a closed mouth cannot open it: moving pixels only stretches the lips where the dark mouth
 and teeth should appear. So the opening is one more action unit (AU 25/26, :data:`MOUTH_OPEN`, in
 units of the distance between the eyes, as ``basis.ACTION_UNITS``) whose motion carries the lower
 lip, chin and jaw down, plus a new appearance where the lips part: the mask A is the lens between
-the moved inner lips (dlib points 60-67), the colour C a parametric mouth inside (a dark cavity,
-the upper incisors' band under the upper lip with faint gaps between teeth, lower teeth when the
-mouth is wide open, shaded darker toward the corners). Both follow every unit's landmark moves, so
-a smile's pulled corners widen the lens.
+the inner lips (dlib points 60-67) where the whole flow put them (``warped_landmarks``), the colour
+C a parametric mouth inside (a dark cavity with the tongue's redder floor, the upper incisors' band
+under the upper lip with faint gaps between teeth, darker toward the corners). The lens follows
+every unit's motion, so a smile's pulled corners widen it.
 
 :func:`render` draws A and C at any set of points given in the aligned crop's unit coordinates:
 the crop's pixel grid while training (G, at the model's resolution, from the mean neutral training
@@ -18,10 +18,12 @@ G only decides how far the mouth opens (one coefficient); it learns that from th
 model's signal like every other unit. The drawing is differentiable in the landmarks."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
-__all__ = ["MOUTH_OPEN", "flow_for", "moved_landmarks", "render", "unit_moves"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "flow_for", "moved_landmarks", "render", "unit_moves", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -66,53 +68,71 @@ def unit_moves(units: dict) -> np.ndarray:
     return move
 
 
-def all_moves(with_mouth: bool = True) -> torch.Tensor:
-    """U x 68 x 2: the moves of every unit of ``basis.ACTION_UNITS`` (in order), then the opening."""
+@functools.lru_cache(maxsize=1)
+def _all_moves() -> torch.Tensor:
+    """U x 68 x 2: the moves of every unit of ``basis.ACTION_UNITS`` (in order), then the opening's."""
     from affectedit.basis import ACTION_UNITS
 
-    moves = [unit_moves(u) for u in ACTION_UNITS.values()] + ([unit_moves(MOUTH_OPEN)] if with_mouth else [])
-    return torch.from_numpy(np.stack(moves)).float()
+    return torch.from_numpy(np.stack([unit_moves(u) for u in [*ACTION_UNITS.values(), MOUTH_OPEN]])).float()
 
 
-def moved_landmarks(rest: torch.Tensor, coefficients: torch.Tensor, moves: torch.Tensor | None = None) -> torch.Tensor:
-    """Landmarks N x 68 x 2 (any unit) moved by the units' coefficients N x U: rest + sum_k c_k
-    moves_k scaled by each face's inter-ocular distance."""
-    moves = all_moves() if moves is None else moves
+# dlib's lip points: the upper lip's inner and outer edge, the lower lip's outer edge (centres).
+_INNER_UP, _OUTER_UP, _OUTER_LOW = [61, 62, 63], [50, 51, 52], [56, 57, 58]
+
+def moved_landmarks(rest: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Where the units' coefficients (N x (U + 1)) would move the landmarks ``rest`` (N x 68 x 2, any
+    unit): rest + sum_k c_k moves_k, scaled by each face's inter-ocular distance."""
     scale = _eye_distance(rest)[:, None, None]
-    return rest + torch.einsum("nu,ukc->nkc", coefficients.to(rest.dtype), moves.to(rest)) * scale
+    return rest + torch.einsum("nu,ukc->nkc", units.to(rest.dtype), _all_moves().to(rest)) * scale
 
 
-def _inner_gap(lm: torch.Tensor) -> torch.Tensor:
-    """N: how far the inner lips' centres (61-63, 65-67) are apart, across the corner line."""
-    c0, c1 = lm[:, 60], lm[:, 64]
-    ex = (c1 - c0) / (c1 - c0).norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    ey = torch.stack([-ex[:, 1], ex[:, 0]], -1)
-    return ((lm[:, 65:68].mean(1) - lm[:, 61:64].mean(1)) * ey).sum(-1)
+def warped_landmarks(points: torch.Tensor, flow: torch.Tensor, units: torch.Tensor, iterations: int = 6) -> torch.Tensor:
+    """Where a backward flow (N x 2 x S x S, grid_sample units: the output at q reads the input at
+    q + flow(q)) carries the landmarks ``points`` (N x 68 x 2, unit crop coordinates): the q with
+    q + flow(q) / 2 = p, by fixed-point iteration from where the units' moves (N x (U + 1)) would
+    put them (:func:`moved_landmarks`). The inner lips (60-67) are ill-posed (the parted gap reads
+    from the closed mouth's seam, so any point of the gap is a solution); :func:`render` uses the
+    outer ones. Differentiable in the flow: the drawn mouth follows the warped lips."""
+    q = moved_landmarks(points.float(), units.float())
+    flow = flow.float()
+    for _ in range(iterations):
+        at = torch.nn.functional.grid_sample(flow, (2 * q - 1)[:, :, None], mode="bilinear", padding_mode="border",
+                                             align_corners=False)[:, :, :, 0]  # N x 2 x K
+        q = points.float() - at.transpose(1, 2) / 2
+    return q
 
 
-def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for moved landmarks
-    ``lm`` (N x 68 x 2, the same coordinates): (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]).
-    ``soft``: the edges' softness in those coordinates (about half a pixel of the output);
-    ``rest``: the landmarks before the move: the lips part only by as much as the move adds to
-    their own gap (dlib puts a closed mouth's inner lips a little apart)."""
-    lm = lm.float()
-    c0, c1 = lm[:, 60], lm[:, 64]  # inner mouth corners
+def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
+    where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
+    (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
+    coordinates (about half a pixel of the output).
+
+    Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
+    inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
+    own thickness; the gap is how much farther apart the two lips' outer centres are than at rest,
+    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch."""
+    lm, rest = lm.float(), rest.float()
+    c0, c1 = lm[:, 48], lm[:, 54]  # outer mouth corners
     mid = (c0 + c1) / 2
     axis = c1 - c0
-    half = axis.norm(dim=-1).clamp_min(1e-6) / 2  # N
-    ex = axis / (2 * half)[:, None]
+    outer = axis.norm(dim=-1).clamp_min(1e-6) / 2  # N
+    ex = axis / (2 * outer)[:, None]
     ey = torch.stack([-ex[:, 1], ex[:, 0]], -1)  # perpendicular, pointing down the face
+    inset = ((rest[:, 64] - rest[:, 60]).norm(dim=-1) / (rest[:, 54] - rest[:, 48]).norm(dim=-1).clamp_min(1e-6)).clamp(0.5, 1.0)
+    half = outer * inset  # the opening's half width: the inner corners'
     dx, dy = ux[None] - mid[:, 0, None, None], uy[None] - mid[:, 1, None, None]
     t = (dx * ex[:, 0, None, None] + dy * ex[:, 1, None, None]) / half[:, None, None]  # -1..1 across
     v = dx * ey[:, 0, None, None] + dy * ey[:, 1, None, None]  # below the corner line
-    up = ((lm[:, 61:64].mean(1) - mid) * ey).sum(-1)[:, None, None]  # the inner lips' centres
-    low = ((lm[:, 65:68].mean(1) - mid) * ey).sum(-1)[:, None, None]
+
+    def below(points, of):  # how far below the corner line the centre of ``points`` of ``of`` lies
+        return ((of[:, points].mean(1) - mid) * ey).sum(-1)[:, None, None]
+
+    thick_up = (below(_INNER_UP, rest) - below(_OUTER_UP, rest)).clamp_min(0)
+    up = below(_OUTER_UP, lm) + thick_up  # the upper lip's inner edge
+    spread = (below(_OUTER_LOW, lm) - below(_OUTER_UP, lm)) - (below(_OUTER_LOW, rest) - below(_OUTER_UP, rest))
     scale = _eye_distance(lm)[:, None, None]
-    gap = low - up
-    if rest is not None:
-        gap = gap - _inner_gap(rest.float()).clamp_min(0)[:, None, None]
-    gap = gap.clamp_min(0)
+    gap = spread.clamp_min(0)
     across2 = (1 - t.square()).clamp_min(0)
     bell = across2.pow(0.8)  # the upper lip's arch
     height = gap * across2.sqrt()  # the opening's height across: an ellipse's

@@ -253,11 +253,8 @@ class WarpGenerator(Generator):
             # The opening mouth (affectedit.mouth): one more unit, last, in [0, UNIT_RANGE]; its
             # inside is drawn where the moved inner lips part, from the mean neutral face's
             # landmarks (set before training, like the motion fields) moved by every unit.
-            from affectedit.mouth import all_moves
-
             fields += 1
             self.register_buffer("rest_landmarks", torch.zeros(68, 2))
-            self.register_buffer("unit_moves", all_moves())
             pixels = (torch.arange(cfg.image_size, dtype=torch.float32) + 0.5) / cfg.image_size
             self.register_buffer("pixel_grid", torch.stack(torch.meshgrid(pixels, pixels, indexing="xy")), persistent=False)
         if cfg.motion in ("basis", "hybrid", "units"):
@@ -321,11 +318,11 @@ class WarpGenerator(Generator):
                 flow = flow + gate * self.lower_face.to(h.dtype) * free
         mouth = {}
         if self.mouth == "open":
-            from affectedit.mouth import moved_landmarks, render
+            from affectedit.mouth import render, warped_landmarks
 
             units = gate.flatten(0).float()[:, None] * beta.float()
             rest = self.rest_landmarks.float().expand(len(units), 68, 2)
-            lm = moved_landmarks(rest, units, self.unit_moves)
+            lm = warped_landmarks(rest, flow, units)
             a, c = render(self.pixel_grid[0], self.pixel_grid[1], lm, 0.5 / size[-1], rest)
             opening = units[:, -1, None, None, None] * self.motion_basis[-1].float()
             mouth = {"units": units, "landmarks": rest, "mouth_flow": opening.to(h.dtype)}

@@ -106,13 +106,13 @@ def compose(x: torch.Tensor, edit) -> torch.Tensor:
          for k, t in edit.images().items()}
     out = warp_image(x, f["flow"]) if "flow" in f and f["flow"].any() else x  # no flow: exactly x
     if edit.units is not None:  # the mouth's inside, drawn at this resolution
-        from affectedit.mouth import moved_landmarks, render
+        from affectedit.mouth import render, warped_landmarks
 
         pix = (torch.arange(w, dtype=torch.float32) + 0.5) / w
         piy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
         uy, ux = torch.meshgrid(piy, pix, indexing="ij")
-        lm = moved_landmarks(edit.landmarks.float().cpu(), edit.units.float().cpu())
-        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, lm, 0.5 / w, edit.landmarks.float().cpu()))
+        moved = warped_landmarks(edit.landmarks.float().cpu(), edit.flow.float().cpu(), edit.units.float().cpu())
+        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, edit.landmarks.float().cpu()))
     if "mask" in f:
         out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
     if "delta" in f:
@@ -205,7 +205,7 @@ def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
     """(flow correction 1 x 2 x S x S, moved and own landmarks 1 x 68 x 2 in unit crop coordinates) of one
     face's opening mouth: the face's own 68 landmarks replace the mean face's where the opening
     moves pixels and where the mouth's inside is drawn."""
-    from affectedit.mouth import flow_for, moved_landmarks
+    from affectedit.mouth import flow_for, warped_landmarks
     from affectedit.photo_metrics import landmarks68
 
     t = np.asarray(face.transform, dtype=np.float64)
@@ -215,8 +215,9 @@ def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
     own = torch.from_numpy(flow_for(unit * size - 0.5, size)).float()
     opening = edit.units[0, -1].float()
     correction = (opening * own - edit.mouth_flow[0].float())[None]
-    moved = moved_landmarks(torch.from_numpy(unit).float()[None], edit.units.float())
-    return correction, moved, torch.from_numpy(unit).float()[None]
+    own_lm = torch.from_numpy(unit).float()[None]
+    moved = warped_landmarks(own_lm, edit.flow.float() + correction, edit.units.float())
+    return correction, moved, own_lm
 
 
 def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, t: np.ndarray, ux, uy) -> torch.Tensor:
