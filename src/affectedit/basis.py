@@ -106,11 +106,12 @@ def rbf_flow(points: np.ndarray, moves: np.ndarray, size: int, sigma: float = 4.
     d2 = ((centres[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
     gram = np.exp(-d2 / (2 * sigma**2))
     weights = np.linalg.solve(gram + ridge * np.eye(len(centres)), -moves)  # K x 2
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    grid = np.stack([xs.ravel(), ys.ravel()], 1)  # (x, y) per pixel
-    d2 = (grid**2).sum(1)[:, None] + (centres**2).sum(1)[None] - 2 * grid @ centres.T  # P x K squared distances
-    kern = np.exp(-np.maximum(d2, 0) / (2 * sigma**2))
-    flow = (kern @ weights).T.reshape(2, size, size)  # pixels
+    # the Gaussian is separable: kernel(p, c) = gx(p_x, c_x) gy(p_y, c_y), so each component of
+    # the flow is the product of a size x K and a K x size matrix
+    axis = np.arange(size, dtype=np.float64)
+    kx = np.exp(-((axis[:, None] - centres[None, :, 0]) ** 2) / (2 * sigma**2))  # x x K
+    ky = np.exp(-((axis[:, None] - centres[None, :, 1]) ** 2) / (2 * sigma**2))  # y x K
+    flow = np.stack([(ky * weights[:, c]) @ kx.T for c in range(2)])  # 2 x y x x, pixels
     return flow * (2.0 / size)  # grid_sample units (align_corners=False)
 
 

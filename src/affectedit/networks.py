@@ -322,8 +322,10 @@ class WarpGenerator(Generator):
 
             units = gate.flatten(0).float()[:, None] * beta.float()
             rest = self.rest_landmarks.float().expand(len(units), 68, 2)
-            lm = warped_landmarks(rest, flow, units)
-            a, c = render(self.pixel_grid[0], self.pixel_grid[1], lm, 0.5 / size[-1], rest)
+            if self.training:  # drawn here for the losses; an edit draws it where it is applied (warp.CropEdit)
+                a, c = render(self.pixel_grid[0], self.pixel_grid[1], warped_landmarks(rest, flow, units), 0.5 / size[-1], rest)
+            else:
+                a, c = torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:])
             opening = units[:, -1, None, None, None] * self.motion_basis[-1].float()
             mouth = {"units": units, "landmarks": rest, "mouth_flow": opening.to(h.dtype)}
         if self.appearance == "basis":

@@ -228,7 +228,7 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
     from affectedit.mouth import render
 
     lips = torch.cat([moved[0, 48:68], rest[0, 48:68]]).numpy()
-    pad = 0.04  # unit crop coordinates: about a third of the mouth's width
+    pad = 0.01  # unit crop coordinates (the lens lies within the outer lips)
     inside = ((ux >= lips[:, 0].min() - pad) & (ux <= lips[:, 0].max() + pad)
               & (uy >= lips[:, 1].min() - pad) & (uy <= lips[:, 1].max() + pad))
     rows, cols = np.nonzero(inside.any(1))[0], np.nonzero(inside.any(0))[0]
