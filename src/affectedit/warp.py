@@ -241,7 +241,7 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     skin = grey[mask[0] < 0.01]
     level = float(torch.quantile(skin[:: max(1, len(skin) // 4096)], 0.8)) if len(skin) else 185.0  # lit skin, not stubble
-    colour = colour * min(max(level / 185.0, 0.45), 1.15)
+    colour = colour * min(max(level / 185.0, 0.7), 1.1)
     fine = (grey - F.avg_pool2d(grey[None, None], 3, 1, 1, count_include_pad=False)[0, 0])[mask[0] < 0.01]
     grain = min(float(fine.abs().median()) * 1.25, MAX_GRAIN) if len(fine) else 0.0  # (a beard is not grain)
     bright = (colour * torch.tensor(LUMA).view(3, 1, 1)).sum(0) / 170.0  # noise scales with the light: none in the dark
