@@ -45,6 +45,9 @@ CAVITY = (0.13, 0.05, 0.05)
 TONGUE = (0.36, 0.14, 0.14)
 TEETH = (0.87, 0.82, 0.75)
 UPPER_TEETH = 0.13
+# The lens' outline is this many times softer than the teeth's edges (``render``'s ``soft``).
+OUTLINE_SOFT = 2.5
+
 # Gaps between teeth, from the midline (central incisors 0.135, lateral 0.1, canines 0.095 wide),
 # and how much each darkens.
 TOOTH_EDGES = ((0.0, 0.16), (0.135, 0.09), (0.235, 0.07))
@@ -138,14 +141,16 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     height = gap * across2.sqrt()  # the opening's height across: an ellipse's
     top, bottom = up * bell, up * bell + height
     sig = torch.sigmoid
-    inside = sig((v - top) / soft) * sig((bottom - v) / soft) * sig((1 - t.abs()) * half[:, None, None] / soft)
+    outline = OUTLINE_SOFT * soft  # the lips' edge over the dark inside: a photo's lips blur into it
+    inside = sig((v - top) / outline) * sig((bottom - v) / outline) * sig((1 - t.abs()) * half[:, None, None] / outline)
     mask = inside * gap / (gap + 4 * soft)  # a hairline opening fades out instead of drawing a line
     # the teeth: upper band under the upper lip, lower band over the lower lip once it is wide open
     depth = v - top
     teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
     teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
     across = t.abs() * half[:, None, None] / scale  # inter-ocular units from the midline
-    edges = sum(k * torch.exp(-((across - e) / 0.006).square()) for e, k in TOOTH_EDGES)
+    line = torch.clamp_min(0.006 * scale, 1.5 * soft) / scale  # no thinner than the edges' softness: no aliasing on small faces
+    edges = sum(k * torch.exp(-((across - e) / line).square()) for e, k in TOOTH_EDGES)
     under_lip = (depth / (0.35 * UPPER_TEETH * scale)).clamp(0, 1)  # the upper lip's shadow
     tc = t.clamp(-1, 1)
     shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges)

@@ -193,6 +193,9 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
     return F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)[0].clamp_(0, 255)
 
 
+# The drawn mouth's edge softness, in photo pixels (the sigmoid's scale).
+MOUTH_SOFT = 0.8
+
 # The largest grain (grey levels, mean absolute) added to the drawn mouth.
 MAX_GRAIN = 3.0
 
@@ -236,7 +239,7 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
         return edited
     win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
-    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, 0.6 * pixel, rest)
+    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest)
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     skin = grey[mask[0] < 0.01]
