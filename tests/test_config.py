@@ -144,5 +144,5 @@ def test_configs_stored_before_the_new_keys_load_as_they_were_trained():
     bundled = load_checkpoint(Path(affectedit.__file__).parent / "weights")
     cfg = Config.from_dict(bundled["config"])
     assert cfg.loss.identity_backbone == "dlib" and cfg.train.hflip is True and cfg.train.sampling == "shuffle"
-    # the warp preset's model with the three documented changes (MODEL_CARD.md, "Training")
-    assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", appearance_range=0.5, gate_from=0.2)
+    # the warp preset's model with the four documented changes (MODEL_CARD.md, "Training")
+    assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", mouth="open", appearance_range=0.5, gate_from=0.2)

@@ -45,8 +45,11 @@ CAVITY = (0.13, 0.05, 0.05)
 TONGUE = (0.36, 0.14, 0.14)
 TEETH = (0.87, 0.82, 0.75)
 UPPER_TEETH = 0.13
-# The lens' outline is this many times softer than the teeth's edges (``render``'s ``soft``).
+# On an edited photo: the lens' outline is this many times softer than the teeth's edges
+# (``render``'s ``soft``), and the gaps between teeth no thinner than MIN_LINE times that (chosen on
+# the calibration faces: a sharper drawing out-textured small, soft photos; see docs/report/calibration).
 OUTLINE_SOFT = 2.5
+MIN_LINE = 1.5
 
 # Gaps between teeth, from the midline (central incisors 0.135, lateral 0.1, canines 0.095 wide),
 # and how much each darkens.
@@ -105,11 +108,15 @@ def warped_landmarks(points: torch.Tensor, flow: torch.Tensor, units: torch.Tens
     return q
 
 
-def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
+           min_line: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
     where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
     (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
-    coordinates (about half a pixel of the output).
+    coordinates (about half a pixel of the output); ``outline``: how many times softer the lips' edge
+    over the dark inside is; ``min_line``: the gaps between teeth are no thinner than this many
+    ``soft`` (no aliasing on small faces). The defaults are G's drawing in training; an edited photo
+    uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
 
     Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
     inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
@@ -141,7 +148,7 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     height = gap * across2.sqrt()  # the opening's height across: an ellipse's
     top, bottom = up * bell, up * bell + height
     sig = torch.sigmoid
-    outline = OUTLINE_SOFT * soft  # the lips' edge over the dark inside: a photo's lips blur into it
+    outline = outline * soft  # the lips' edge over the dark inside: a photo's lips blur into it
     inside = sig((v - top) / outline) * sig((bottom - v) / outline) * sig((1 - t.abs()) * half[:, None, None] / outline)
     mask = inside * gap / (gap + 4 * soft)  # a hairline opening fades out instead of drawing a line
     # the teeth: upper band under the upper lip, lower band over the lower lip once it is wide open
@@ -149,7 +156,7 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
     teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
     across = t.abs() * half[:, None, None] / scale  # inter-ocular units from the midline
-    line = torch.clamp_min(0.006 * scale, 1.5 * soft) / scale  # no thinner than the edges' softness: no aliasing on small faces
+    line = torch.clamp_min(0.006 * scale, min_line * soft) / scale
     edges = sum(k * torch.exp(-((across - e) / line).square()) for e, k in TOOTH_EDGES)
     under_lip = (depth / (0.35 * UPPER_TEETH * scale)).clamp(0, 1)  # the upper lip's shadow
     tc = t.clamp(-1, 1)

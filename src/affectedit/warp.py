@@ -62,7 +62,8 @@ class CropEdit:
         delta = getattr(f, "delta", None)
         delta = None if delta is None else delta * strength
         if getattr(f, "units", None) is not None:
-            return cls(flow=f.flow * strength, delta=delta, units=f.units * strength, landmarks=f.landmarks,
+            per_face = strength.reshape(-1, 1) if torch.is_tensor(strength) else strength  # a strength per face: N x 1 x 1 x 1
+            return cls(flow=f.flow * strength, delta=delta, units=f.units * per_face, landmarks=f.landmarks,
                        mouth_flow=f.mouth_flow * strength)
         return cls(flow=f.flow * strength, mask=(f.mask * strength).clamp(0, 1), colour=f.colour, delta=delta)
 
@@ -228,7 +229,7 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
     coordinates ux, uy), its brightness matched to the skin around the mouth and the photo's grain
     added (the same noise every time), so the new pixels are neither brighter nor smoother than the
     photo. Only the window around the moved lips is computed."""
-    from affectedit.mouth import render
+    from affectedit.mouth import MIN_LINE, OUTLINE_SOFT, render
 
     lips = torch.cat([moved[0, 48:68], rest[0, 48:68]]).numpy()
     pad = 0.01  # unit crop coordinates (the lens lies within the outer lips)
@@ -239,7 +240,7 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
         return edited
     win = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
-    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest)
+    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest, OUTLINE_SOFT, MIN_LINE)
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     skin = grey[mask[0] < 0.01]
