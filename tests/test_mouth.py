@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from affectedit import faces as F
-from affectedit.basis import ACTION_UNITS, rbf_flow
-from affectedit.mouth import MOUTH_OPEN, flow_for, render, unit_moves, warped_landmarks
+from affectedit.basis import ACTION_UNITS, rbf_flow, unit_moves
+from affectedit.mouth import MOUTH_OPEN, flow_for, render, warped_landmarks
 from affectedit.photo_metrics import landmarks68
 from affectedit.warp import CropEdit, apply_to_photo, compose
 

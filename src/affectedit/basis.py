@@ -21,7 +21,8 @@ import torch
 
 from affectedit.errors import UserError
 
-__all__ = ["ACTION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "face_landmarks", "motion_basis", "rbf_flow"]
+__all__ = ["ACTION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "face_landmarks",
+           "motion_basis", "rbf_flow", "unit_moves"]
 
 # dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
 UPPER = tuple(range(17, 48))
@@ -228,15 +229,24 @@ def action_unit_basis(caches, sigma: float = 4.0, mouth: bool = False, rest: np.
 
     size = FaceCache(caches[0]).size
     rest = rest_landmarks(caches) if rest is None else rest
-    eyes = rest[36:42].mean(0), rest[42:48].mean(0)
-    scale = float(np.linalg.norm(eyes[1] - eyes[0]))  # inter-ocular distance, pixels
-    out = []
-    for moves in [*ACTION_UNITS.values(), *([MOUTH_OPEN] if mouth else [])]:
-        move = np.zeros((68, 2))
-        for i, (dx, dy) in moves.items():
-            move[i] = (dx * scale, dy * scale)
-            j = _MIRROR[i]
-            if j != i:
-                move[j] = (-dx * scale, dy * scale)
-        out.append(_symmetric(rbf_flow(rest, move, size, sigma)))
+    scale = eye_distance(rest)
+    out = [_symmetric(rbf_flow(rest, unit_moves(moves) * scale, size, sigma))
+           for moves in [*ACTION_UNITS.values(), *([MOUTH_OPEN] if mouth else [])]]
     return torch.from_numpy(np.stack(out)).float()
+
+
+def unit_moves(unit: dict[int, tuple[float, float]]) -> np.ndarray:
+    """68 x 2: the moves of one unit (in inter-ocular distances) given for the image-left points
+    and the midline, with the mirrored points moved as their mirror image; every other point 0."""
+    move = np.zeros((68, 2))
+    for i, (dx, dy) in unit.items():
+        move[i] = (dx, dy)
+        j = _MIRROR[i]
+        if j != i:
+            move[j] = (-dx, dy)
+    return move
+
+
+def eye_distance(points: np.ndarray) -> float:
+    """The distance between the eye centres of dlib's 68 landmarks (68 x 2), in their units."""
+    return float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))

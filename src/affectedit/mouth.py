@@ -5,7 +5,7 @@ A warp of a closed mouth cannot open it: moving pixels only stretches the lips w
 and teeth should appear. So the opening is one more action unit (AU 25/26, :data:`MOUTH_OPEN`, in
 units of the distance between the eyes, as ``basis.ACTION_UNITS``) whose motion carries the lower
 lip, chin and jaw down, plus a new appearance where the lips part: the mask A is the lens between
-the inner lips (dlib points 60-67) where the whole flow put them (``warped_landmarks``), the colour
+the outer lips (dlib points 48-59) where the whole flow put them (``warped_landmarks``), the colour
 C a parametric mouth inside (a dark cavity with the tongue's redder floor, the upper incisors' band
 under the upper lip with faint gaps between teeth, darker toward the corners). The lens follows
 every unit's motion, so a smile's pulled corners widen it.
@@ -23,7 +23,9 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "flow_for", "moved_landmarks", "render", "unit_moves", "warped_landmarks"]
+from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
+
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "flow_for", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -61,29 +63,15 @@ def _eye_distance(lm: torch.Tensor) -> torch.Tensor:
     return (lm[:, 42:48].mean(1) - lm[:, 36:42].mean(1)).norm(dim=-1)
 
 
-def unit_moves(units: dict) -> np.ndarray:
-    """68 x 2 moves (inter-ocular units) of one unit given for the image-left side and midline."""
-    from affectedit.basis import _MIRROR
-
-    move = np.zeros((68, 2))
-    for i, (dx, dy) in units.items():
-        move[i] = (dx, dy)
-        j = _MIRROR[i]
-        if j != i:
-            move[j] = (-dx, dy)
-    return move
-
-
 @functools.lru_cache(maxsize=1)
 def _all_moves() -> torch.Tensor:
     """U x 68 x 2: the moves of every unit of ``basis.ACTION_UNITS`` (in order), then the opening's."""
-    from affectedit.basis import ACTION_UNITS
-
     return torch.from_numpy(np.stack([unit_moves(u) for u in [*ACTION_UNITS.values(), MOUTH_OPEN]])).float()
 
 
 # dlib's lip points: the upper lip's inner and outer edge, the lower lip's outer edge (centres).
 _INNER_UP, _OUTER_UP, _OUTER_LOW = [61, 62, 63], [50, 51, 52], [56, 57, 58]
+
 
 def moved_landmarks(rest: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Where the units' coefficients (N x (U + 1)) would move the landmarks ``rest`` (N x 68 x 2, any
@@ -151,7 +139,7 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     outline = outline * soft  # the lips' edge over the dark inside: a photo's lips blur into it
     inside = sig((v - top) / outline) * sig((bottom - v) / outline) * sig((1 - t.abs()) * half[:, None, None] / outline)
     mask = inside * gap / (gap + 4 * soft)  # a hairline opening fades out instead of drawing a line
-    # the teeth: upper band under the upper lip, lower band over the lower lip once it is wide open
+    # the teeth: the upper incisors' band under the upper lip
     depth = v - top
     teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
     teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
@@ -173,7 +161,4 @@ def flow_for(points: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
     """The opening's flow at coefficient 1 (2 x size x size, grid_sample units) for a face whose
     landmarks are ``points`` (68 x 2, pixels of a size x size crop): :data:`MOUTH_OPEN` through
     ``basis.rbf_flow``, as the action units' fields, but from this face's own landmarks."""
-    from affectedit.basis import rbf_flow
-
-    scale = float(np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0)))
-    return rbf_flow(points, unit_moves(MOUTH_OPEN) * scale, size, sigma)
+    return rbf_flow(points, unit_moves(MOUTH_OPEN) * eye_distance(points), size, sigma)

@@ -250,9 +250,9 @@ class WarpGenerator(Generator):
                 self.register_buffer("motion_negative", torch.tensor([UNIT_NEGATIVE.get(n, UNIT_NEGATIVE_DEFAULT) for n in ACTION_UNITS]))
         self.mouth = cfg.mouth
         if cfg.mouth == "open":
-            # The opening mouth (affectedit.mouth): one more unit, last, in [0, UNIT_RANGE]; its
-            # inside is drawn where the moved inner lips part, from the mean neutral face's
-            # landmarks (set before training, like the motion fields) moved by every unit.
+            # The opening mouth (affectedit.mouth): one more unit, last, in [0, OPEN_RANGE]; its
+            # inside is drawn where the lips part, from the mean neutral face's landmarks (set
+            # before training, like the motion fields) carried by the whole flow.
             fields += 1
             self.register_buffer("rest_landmarks", torch.zeros(68, 2))
             pixels = (torch.arange(cfg.image_size, dtype=torch.float32) + 0.5) / cfg.image_size

@@ -112,8 +112,9 @@ def compose(x: torch.Tensor, edit) -> torch.Tensor:
         pix = (torch.arange(w, dtype=torch.float32) + 0.5) / w
         piy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
         uy, ux = torch.meshgrid(piy, pix, indexing="ij")
-        moved = warped_landmarks(edit.landmarks.float().cpu(), edit.flow.float().cpu(), edit.units.float().cpu())
-        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, edit.landmarks.float().cpu()))
+        rest = edit.landmarks.float().cpu()
+        moved = warped_landmarks(rest, edit.flow.float().cpu(), edit.units.float().cpu())
+        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, rest))
     if "mask" in f:
         out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
     if "delta" in f:
@@ -243,10 +244,11 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
     mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest, OUTLINE_SOFT, MIN_LINE)
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
-    skin = grey[mask[0] < 0.01]
+    undrawn = mask[0] < 0.01  # the window's pixels the drawing leaves: lips and skin
+    skin = grey[undrawn]
     level = float(torch.quantile(skin[:: max(1, len(skin) // 4096)], 0.8)) if len(skin) else 185.0  # lit skin, not stubble
     colour = colour * min(max(level / 185.0, 0.7), 1.1)
-    fine = (grey - F.avg_pool2d(grey[None, None], 3, 1, 1, count_include_pad=False)[0, 0])[mask[0] < 0.01]
+    fine = (grey - F.avg_pool2d(grey[None, None], 3, 1, 1, count_include_pad=False)[0, 0])[undrawn]
     grain = min(float(fine.abs().median()) * 1.25, MAX_GRAIN) if len(fine) else 0.0  # (a beard is not grain)
     bright = (colour * torch.tensor(LUMA).view(3, 1, 1)).sum(0) / 170.0  # noise scales with the light: none in the dark
     noise = torch.randn(mask.shape[-2:], generator=torch.Generator().manual_seed(0)) * grain * bright
