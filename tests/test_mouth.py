@@ -2,6 +2,7 @@
 path through G, CropEdit and the photo, on a real portrait's own landmarks."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,73 @@ def test_editor_opens_the_mouth_of_a_real_photo_end_to_end(portrait, tmp_path):
     saved = editor.save_pretrained(tmp_path / "m")
     again = Editor.from_pretrained(saved.parent if saved.is_file() else saved, precision="fp32", strength=1.0)
     assert torch.equal(again.generator.rest_landmarks, g.rest_landmarks.half().float())
+
+
+def test_expression_units_prototypes_follow_facs():
+    """basis.EXPRESSION_UNITS in ACTION_UNITS order: a smile raises the cheeks and pulls the corners
+    without widening the eyes; surprise lifts both brows and opens the mouth; anger lowers the brows
+    and presses the lips shut; neutral asks for nothing."""
+    from affectedit.basis import EXPRESSION_UNITS, expression_units
+    from affectedit.expression import FER_CLASSES
+
+    p = expression_units(FER_CLASSES)
+    assert p.shape == (len(FER_CLASSES), U)
+    row = dict(zip(FER_CLASSES, p))
+    col = {n: i for i, n in enumerate([*ACTION_UNITS, "open"])}
+    assert row["happy"][col["lip_corner_pull"]] > 1 and row["happy"][col["lower_lid_raise"]] > 0
+    assert row["happy"][col["upper_lid_raise"]] == 0
+    assert row["surprise"][col["inner_brow_raise"]] > 0 and row["surprise"][col["outer_brow_raise"]] > 0
+    assert row["surprise"][col["open"]] > 0.5 and row["surprise"][col["nose_wrinkle"]] == 0
+    assert row["angry"][col["brow_lower"]] > 1 and row["angry"][col["open"]] == 0 and row["angry"][col["lip_press"]] > 0
+    assert not row["neutral"].any()
+    assert expression_units(FER_CLASSES, mouth=False).shape == (len(FER_CLASSES), U - 1)
+    EXPRESSION_UNITS["fear"]["wink"] = 1.0
+    try:
+        with pytest.raises(ValueError, match="wink"):
+            expression_units(FER_CLASSES)
+    finally:
+        del EXPRESSION_UNITS["fear"]["wink"]
+
+
+def test_units_prior_loss_is_zero_at_the_asked_mix_and_pulls_toward_it():
+    from affectedit.basis import expression_units
+    from affectedit.expression import FER_ANCHORS, FER_CLASSES
+    from affectedit.losses import soft_expression_targets, units_prior_loss
+
+    p = expression_units(FER_CLASSES)
+    y = torch.tensor([FER_ANCHORS[FER_CLASSES.index("happy")], [0.0, 0.0], [0.3, -0.2]])
+    mix = soft_expression_targets(y, torch.tensor(FER_ANCHORS), 0.03)
+    want = mix @ p
+    assert units_prior_loss(want, mix, p).abs().max() < 1e-6
+    assert torch.allclose(want[0], p[FER_CLASSES.index("happy")], atol=0.02)  # on the anchor: that class's units
+    units = torch.zeros(3, U, requires_grad=True)
+    loss = units_prior_loss(units, mix, p)
+    assert loss[0] > 0.1 and loss[1] < 1e-3  # the neutral label asks for no movement
+    loss.sum().backward()
+    assert units.grad[0, list(ACTION_UNITS).index("lip_corner_pull")] < 0  # descent raises the smile's unit
+
+
+def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
+    """A tiny action-unit model with the opening trains with loss.units_prior; the prior is refused
+    for a model without action units."""
+    from affectedit.config import get_config
+    from affectedit.errors import UserError
+    from affectedit.train import train
+
+    from affectedit.checkpoint import save_weights
+    from affectedit.networks import build_models
+
+    base = ["loss.identity=0", "model.head=warp", "train.steps=1", "loss.expression=1", "loss.units_prior=1"]
+    cfg = get_config("tiny", [*base, "model.motion=units", "model.appearance=basis", "model.mouth=open"])
+    start = build_models(cfg.model)  # the tiny cache has no surprised faces to measure the appearance basis on
+    with torch.no_grad():
+        start["generator"].basis.normal_(0, 0.01)
+    save_weights(tmp_path / "start", {"encoder": start["encoder"], "generator": start["generator"]}, cfg.to_dict())
+    cfg = get_config("tiny", [*base, "model.motion=units", "model.appearance=basis", "model.mouth=open",
+                              f"train.init_from={tmp_path / 'start'}"])
+    logs = train(cfg, tiny_cache, tmp_path / "units", progress=False)
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    without = train(replace(cfg, loss=replace(cfg.loss, units_prior=0.0)), tiny_cache, tmp_path / "without", progress=False)
+    assert logs["warp_reg"] > without["warp_reg"] + 1e-4  # same seed, same step: the prior's share of the regulariser
+    with pytest.raises(UserError, match="units_prior"):
+        train(get_config("tiny", base), tiny_cache, tmp_path / "free", progress=False)

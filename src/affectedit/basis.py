@@ -21,7 +21,7 @@ import torch
 
 from affectedit.errors import UserError
 
-__all__ = ["ACTION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "face_landmarks",
+__all__ = ["ACTION_UNITS", "EXPRESSION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "expression_units", "face_landmarks",
            "motion_basis", "rbf_flow", "unit_moves"]
 
 # dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
@@ -184,6 +184,39 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
                    67: (0.0, -0.025), 8: (0.0, -0.04), 7: (0.0, -0.03)},                           # AU 17
     "lip_press": {50: (0.0, 0.02), 51: (0.0, 0.02), 57: (0.0, -0.02), 58: (0.0, -0.02), 48: (0.02, 0.0)},  # AU 23/24
 }
+
+# Which action units each expression class of the FER-2013 model shows, and how strongly (G's raw
+# coefficients, before the edit strength; "open" is the mouth's opening, affectedit.mouth): the
+# prototypes of EMFACS (Ekman & Friesen; Matsumoto & Ekman), happiness 6+12(+25), sadness
+# 1+4+15+17 with drooping lids, anger 4+5+7+23/24(+9/10), surprise 1+2+5+26, fear 1+2+4+5+26,
+# disgust 9/10+15+17. ``loss.units_prior`` pulls G's coefficients for a target label toward the
+# mix of these that the label asks for: without it the expression model alone is free to use any
+# movement it responds to (it widened smiling eyes, wrinkled surprised noses and opened angry
+# mouths, which people read as surprise).
+EXPRESSION_UNITS: dict[str, dict[str, float]] = {
+    "angry": {"brow_lower": 1.2, "upper_lid_raise": 0.4, "lower_lid_raise": 0.8, "nose_wrinkle": 0.4,
+              "chin_raise": 0.3, "lip_press": 1.0},
+    "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
+                "chin_raise": 0.5},
+    "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 1.0, "open": 0.4},
+    "happy": {"lower_lid_raise": 0.8, "lip_corner_pull": 1.2, "open": 0.25},
+    "sad": {"inner_brow_raise": 1.2, "brow_lower": 0.8, "upper_lid_raise": -0.5, "lip_corner_depress": 1.0,
+            "chin_raise": 0.4},
+    "surprise": {"inner_brow_raise": 1.0, "outer_brow_raise": 1.0, "upper_lid_raise": 0.9, "open": 0.8},
+    "neutral": {},
+}
+
+
+def expression_units(classes, mouth: bool = True) -> torch.Tensor:
+    """K x U (+1 with ``mouth``): :data:`EXPRESSION_UNITS` of ``classes`` (FER-2013 class names) in
+    :data:`ACTION_UNITS` order, the opening last (left out without ``mouth``)."""
+    names = [*ACTION_UNITS, *(["open"] if mouth else [])]
+    for c in classes:
+        unknown = set(EXPRESSION_UNITS[c]) - {*ACTION_UNITS, "open"}
+        if unknown:
+            raise ValueError(f"EXPRESSION_UNITS[{c!r}] names units the model lacks: {sorted(unknown)}")
+    return torch.tensor([[EXPRESSION_UNITS[c].get(n, 0.0) for n in names] for c in classes])
+
 
 # How far below 0 each unit's coefficient may go, as a share of UNIT_RANGE (the rest: 0.2, enough to
 # undo a face's own slight movement). A unit is a contraction: lids may droop, but no muscle pulls

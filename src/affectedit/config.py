@@ -82,6 +82,8 @@ class LossConfig:
     flow_tv: float = 0.0      # total variation of the flow (smooth motion)
     flow_size: float = 0.0    # mean |flow| (no motion that the loss does not ask for)
     target_identity: float = 0.0  # identity loss between x and its edit x(y_t)
+    units_prior: float = 0.0  # model.motion="units": squared distance of the units from the EMFACS mix the target asks for (basis.EXPRESSION_UNITS)
+    units_prior_tau: float = 0.03  # width of that mix's soft class weights (as expression_tau)
     label: float = 0.0        # warp head: squared error of E's read-out of the face's own label
     # Edited branch's targets: the share drawn near an expression anchor (the rest uniform on the
     # disc), and how much more often the negative anchors (anger, sadness, fear, disgust) are drawn

@@ -101,6 +101,14 @@ def expression_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return -(targets * torch.log_softmax(_f32(logits), dim=1)).sum(1)
 
 
+def units_prior_loss(units: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Per sample: the mean squared difference between G's action-unit coefficients (N x U) and the
+    mix of the classes' prototype coefficients (K x U, ``basis.EXPRESSION_UNITS``) that the soft
+    class targets (N x K) ask for."""
+    want = _f32(targets) @ prototypes.to(targets.device, torch.float32)
+    return (_f32(units) - want).pow(2).mean(1)
+
+
 def total_variation(t: torch.Tensor) -> torch.Tensor:
     """Per-sample mean absolute difference between neighbouring pixels (N x C x H x W)."""
     t = _f32(t)

@@ -48,6 +48,7 @@ from affectedit.losses import (
     sample_prior,
     soft_expression_targets,
     total_variation,
+    units_prior_loss,
 )
 from affectedit.networks import build_models, compose, warp_image
 
@@ -296,6 +297,15 @@ def train(
     if identity_net is not None:
         identity_net = identity_net.to(device).eval()
         requires_grad(identity_net, False)
+    prototypes = fer_anchors = None
+    if warp and lc.units_prior > 0:
+        if mc.motion != "units" or mc.mouth != "open":
+            raise UserError("loss.units_prior needs model.motion=units and model.mouth=open (G's action-unit coefficients)")
+        from affectedit.basis import expression_units
+        from affectedit.expression import FER_ANCHORS, FER_CLASSES
+
+        prototypes = expression_units(FER_CLASSES).to(device)
+        fer_anchors = torch.tensor(FER_ANCHORS, device=device)
     expression_net = None
     if warp and lc.expression > 0:
         from affectedit.expression import ExpressionModel
@@ -422,6 +432,9 @@ def train(
                             + lc.flow_size * flow.float().abs().flatten(1).mean(1) * (mc.image_size / 2) / 10).sum() * world / (2 * B)
                 loss_reg = loss_reg + lc.change * (x_t.float() - warped_t.float()).abs().flatten(1).mean(1).sum() * world / B
                 loss_reg = loss_reg + lc.label * (y_src.float() - y.float()).pow(2).sum(1).sum() * world / B
+                if prototypes is not None:
+                    mix = soft_expression_targets(y_t, fer_anchors, lc.units_prior_tau)
+                    loss_reg = loss_reg + lc.units_prior * units_prior_loss(fields_t.units, mix, prototypes).sum() * world / B
                 ramp = min(1.0, (step + 1) / lc.expression_warmup) if lc.expression_warmup > 0 else 1.0
                 loss_eg = loss_eg + lc.target_identity * loss_tid + ramp * lc.expression * loss_expr + loss_reg
         opt_eg.zero_grad(set_to_none=True)
