@@ -272,12 +272,11 @@ def test_units_prior_loss_is_zero_at_the_asked_mix_and_pulls_toward_it():
 def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
     """A tiny action-unit model with the opening trains with loss.units_prior; the prior is refused
     for a model without action units."""
+    from affectedit.checkpoint import save_weights
     from affectedit.config import get_config
     from affectedit.errors import UserError
-    from affectedit.train import train
-
-    from affectedit.checkpoint import save_weights
     from affectedit.networks import build_models
+    from affectedit.train import train
 
     base = ["loss.identity=0", "model.head=warp", "train.steps=1", "loss.expression=1", "loss.units_prior=1"]
     cfg = get_config("tiny", [*base, "model.motion=units", "model.appearance=basis", "model.mouth=open"])
