@@ -102,13 +102,42 @@ def test_opening_flow_carries_the_lower_lip_down(portrait):
     assert abs(flow[1, y, x]) * size / 2 < 0.3  # the nose stays
 
 
-def _mouth_generator():
+def _mouth_generator(*overrides):
     from affectedit.config import get_config
     from affectedit.networks import build_models
 
-    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open"]).model
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open", *overrides]).model
     g = build_models(cfg)["generator"]
     return g, cfg
+
+
+def test_appearance_basis_stays_off_the_drawn_mouth(portrait):
+    """model.appearance_mouth = False: the appearance basis changes nothing over the mouth of the
+    rest landmarks (the drawing carries it) and all of it at the eyes and brows; True (the 0.4
+    model's training) keeps the whole basis."""
+    from affectedit.mouth import appearance_keep
+
+    _, _, _, unit = portrait
+    size = 64
+    p = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    uy, ux = torch.meshgrid(p, p, indexing="ij")
+    keep = appearance_keep(unit, ux, uy)
+    at = lambda i: keep[int(unit[i, 1] * size), int(unit[i, 0] * size)]  # noqa: E731
+    assert at(62) < 0.02 and at(66) < 0.02 and at(48) < 0.5  # the lips' middle and corners
+    assert at(37) > 0.99 and at(19) > 0.99 and at(30) > 0.9  # eyes, brows, the nose's tip
+    deltas = {}
+    for flag in ("true", "false"):
+        g, cfg = _mouth_generator(f"model.appearance_mouth={flag}")
+        with torch.no_grad():
+            g.rest_landmarks.copy_(unit)
+            g.basis.fill_(0.1)
+            g.alpha.weight.zero_()
+            g.alpha.bias.fill_(5.0)  # every direction at its largest
+        code = torch.randn(2, cfg.z_dim + 2)
+        deltas[flag] = g(code, code[:, cfg.z_dim:] + 0.8).delta
+    small = appearance_keep(unit, g.pixel_grid[0], g.pixel_grid[1])  # at the tiny model's resolution
+    assert torch.allclose(deltas["false"], deltas["true"] * small, atol=1e-6)
+    assert deltas["true"].abs().min() > 0.1
 
 
 def test_generator_opening_is_one_more_unit_gated_like_the_others(portrait):

@@ -55,6 +55,7 @@ class ModelConfig:
     appearance_range: float = 1.5        # warp head, "basis" appearance: the largest multiple of a mean expression's appearance change
     motion: str = "free"                 # warp head: "free" = a coarse-to-fine flow; "basis" = a mix of the training faces' mean expression motions; "hybrid" = basis + free flow below the nose; "units" = a mix of action units' motions (basis.ACTION_UNITS)
     mouth: str = "closed"                # warp head with motion "units": "open" adds the opening mouth (jaw drop, its inside drawn; affectedit.mouth)
+    appearance_mouth: bool = True        # mouth "open": False keeps the appearance basis off the mouth (mouth.appearance_keep), which the drawing alone carries
     gate_from: float = 0.0               # warp head: no edit while |y - y_src| is below this (then it fades in over networks.GATE)
     motion_peak: float = 0.0             # basis motion: each field's peak moves at most this share of the crop side (0 = each field x [-3, 3])
 

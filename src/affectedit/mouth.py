@@ -25,7 +25,7 @@ import torch
 
 from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "flow_for", "moved_landmarks", "render", "warped_landmarks"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "appearance_keep", "flow_for", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -94,6 +94,22 @@ def warped_landmarks(points: torch.Tensor, flow: torch.Tensor, units: torch.Tens
                                              align_corners=False)[:, :, :, 0]  # N x 2 x K
         q = points.float() - at.transpose(1, 2) / 2
     return q
+
+
+def appearance_keep(rest: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor) -> torch.Tensor:
+    """H x W in [0, 1]: 0 over the mouth of the landmarks ``rest`` (68 x 2, unit crop coordinates;
+    an ellipse around the lips, reaching a little below where the lower lip and chin go when the
+    mouth opens), 1 elsewhere, with a soft edge; at points (ux, uy) (H x W, the same coordinates).
+    The mean expression faces of the appearance basis carry an averaged open mouth (a dark blur, a
+    band of teeth) at the mean face's place; with the mouth drawn from the face's own lips
+    (``model.appearance_mouth = False``) the basis keeps its folds and shading but not that."""
+    width = (rest[54, 0] - rest[48, 0]).abs()
+    cx = rest[48:60, 0].mean()
+    cy = (rest[51, 1] + rest[57, 1]) / 2 + 0.1 * width
+    a = 0.7 * width
+    b = (rest[57, 1] - rest[51, 1]).abs() / 2 + 0.25 * width
+    r = (((ux - cx) / a) ** 2 + ((uy - cy) / b) ** 2).sqrt()
+    return torch.sigmoid((r - 1) / 0.15)
 
 
 def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,

@@ -249,6 +249,7 @@ class WarpGenerator(Generator):
             if cfg.motion == "units":  # the share of the range each coefficient may take below 0
                 self.register_buffer("motion_negative", torch.tensor([UNIT_NEGATIVE.get(n, UNIT_NEGATIVE_DEFAULT) for n in ACTION_UNITS]))
         self.mouth = cfg.mouth
+        self.appearance_mouth = bool(cfg.appearance_mouth)
         if cfg.mouth == "open":
             # The opening mouth (affectedit.mouth): one more unit, last, in [0, OPEN_RANGE]; its
             # inside is drawn where the lips part, from the mean neutral face's landmarks (set
@@ -330,7 +331,12 @@ class WarpGenerator(Generator):
             mouth = {"units": units, "landmarks": rest, "mouth_flow": opening.to(h.dtype)}
         if self.appearance == "basis":
             alpha = self.appearance_range * torch.tanh(self.alpha(coefficients_in))
-            delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), self.basis.float()).to(h.dtype)
+            basis = self.basis.float()
+            if self.mouth == "open" and not self.appearance_mouth:
+                from affectedit.mouth import appearance_keep
+
+                basis = basis * appearance_keep(self.rest_landmarks.float(), self.pixel_grid[0], self.pixel_grid[1])
+            delta = gate * torch.einsum("nk,kchw->nchw", alpha.float(), basis).to(h.dtype)
             if mouth:
                 return Fields(flow, a.to(h.dtype), c.to(h.dtype), delta, **mouth)
             return Fields(flow, torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:]), delta)
