@@ -296,6 +296,10 @@ def test_units_prior_loss_is_zero_at_the_asked_mix_and_pulls_toward_it():
     assert loss[0] > 0.1 and loss[1] < 1e-3  # the neutral label asks for no movement
     loss.sum().backward()
     assert units.grad[0, list(ACTION_UNITS).index("lip_corner_pull")] < 0  # descent raises the smile's unit
+    w = torch.ones(U)
+    w[-1] = 5.0  # the opening weighed 5x: its term grows 5x, the others stay
+    err = (units.detach() - want).pow(2)
+    assert torch.allclose(units_prior_loss(units.detach(), mix, p, w), (err.sum(1) + 4 * err[:, -1]) / U)
 
 
 def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):

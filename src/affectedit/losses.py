@@ -101,12 +101,14 @@ def expression_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return -(targets * torch.log_softmax(_f32(logits), dim=1)).sum(1)
 
 
-def units_prior_loss(units: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+def units_prior_loss(units: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per sample: the mean squared difference between G's action-unit coefficients (N x U) and the
     mix of the classes' prototype coefficients (K x U, ``basis.EXPRESSION_UNITS``) that the soft
-    class targets (N x K) ask for."""
+    class targets (N x K) ask for; ``weights`` (U) weighs each unit's term (None: all 1)."""
     want = _f32(targets) @ prototypes.to(targets.device, torch.float32)
-    return (_f32(units) - want).pow(2).mean(1)
+    err = (_f32(units) - want).pow(2)
+    return (err if weights is None else err * weights.to(err)).mean(1)
 
 
 def total_variation(t: torch.Tensor) -> torch.Tensor:

@@ -297,7 +297,7 @@ def train(
     if identity_net is not None:
         identity_net = identity_net.to(device).eval()
         requires_grad(identity_net, False)
-    prototypes = fer_anchors = None
+    prototypes = fer_anchors = unit_weights = None
     if warp and lc.units_prior > 0:
         if mc.motion != "units" or mc.mouth != "open":
             raise UserError("loss.units_prior needs model.motion=units and model.mouth=open (G's action-unit coefficients)")
@@ -306,6 +306,8 @@ def train(
 
         prototypes = expression_units(FER_CLASSES).to(device)
         fer_anchors = torch.tensor(FER_ANCHORS, device=device)
+        unit_weights = torch.ones(prototypes.shape[1], device=device)
+        unit_weights[-1] = lc.units_prior_open
     expression_net = None
     if warp and lc.expression > 0:
         from affectedit.expression import ExpressionModel
@@ -434,7 +436,7 @@ def train(
                 loss_reg = loss_reg + lc.label * (y_src.float() - y.float()).pow(2).sum(1).sum() * world / B
                 if prototypes is not None:
                     mix = soft_expression_targets(y_t, fer_anchors, lc.units_prior_tau)
-                    loss_reg = loss_reg + lc.units_prior * units_prior_loss(fields_t.units, mix, prototypes).sum() * world / B
+                    loss_reg = loss_reg + lc.units_prior * units_prior_loss(fields_t.units, mix, prototypes, unit_weights).sum() * world / B
                 ramp = min(1.0, (step + 1) / lc.expression_warmup) if lc.expression_warmup > 0 else 1.0
                 loss_eg = loss_eg + lc.target_identity * loss_tid + ramp * lc.expression * loss_expr + loss_reg
         opt_eg.zero_grad(set_to_none=True)
