@@ -144,5 +144,7 @@ def test_configs_stored_before_the_new_keys_load_as_they_were_trained():
     bundled = load_checkpoint(Path(affectedit.__file__).parent / "weights")
     cfg = Config.from_dict(bundled["config"])
     assert cfg.loss.identity_backbone == "dlib" and cfg.train.hflip is True and cfg.train.sampling == "shuffle"
-    # the warp preset's model with the four documented changes (MODEL_CARD.md, "Training")
-    assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", mouth="open", appearance_range=0.5, gate_from=0.2)
+    # the warp preset's model with the five documented changes (MODEL_CARD.md, "Training")
+    assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", mouth="open", appearance_range=0.25,
+                                            appearance_mouth=False, gate_from=0.2)
+    assert cfg.loss.units_prior == 8 and cfg.loss.units_prior_open == 5
