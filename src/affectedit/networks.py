@@ -303,15 +303,12 @@ class WarpGenerator(Generator):
                 peak = self.motion_basis.float().norm(dim=1).flatten(1).amax(1).clamp_min(1e-6)
                 beta = beta * (2 * self.motion_peak / peak).to(beta.dtype)  # grid units span 2 per side
             elif self.motion == "units":  # contractions: [-negative * UNIT_RANGE, UNIT_RANGE]
-                if self.mouth == "open":  # the opening: OPEN_RANGE * sigmoid, never exactly 0 (so it learns)
+                u = len(self.motion_negative)
+                beta = UNIT_RANGE * torch.where(beta[:, :u] > 0, beta[:, :u], beta[:, :u] * self.motion_negative.to(beta.dtype))
+                if self.mouth == "open":  # the opening, last: OPEN_RANGE * sigmoid, never exactly 0 (so it learns)
                     from affectedit.mouth import OPEN_RANGE
 
-                    u = len(self.motion_negative)
-                    opening = OPEN_RANGE * torch.sigmoid(raw[:, u:] + MOUTH_OFFSET)
-                    beta = torch.cat([UNIT_RANGE * torch.where(beta[:, :u] > 0, beta[:, :u], beta[:, :u] * self.motion_negative.to(beta.dtype)),
-                                      opening.to(beta.dtype)], 1)
-                else:
-                    beta = UNIT_RANGE * torch.where(beta > 0, beta, beta * self.motion_negative.to(beta.dtype))
+                    beta = torch.cat([beta, (OPEN_RANGE * torch.sigmoid(raw[:, u:] + MOUTH_OFFSET)).to(beta.dtype)], 1)
             else:
                 beta = MOTION_RANGE * beta
             flow = gate * torch.einsum("nk,kchw->nchw", beta.float(), self.motion_basis.float()).to(h.dtype)

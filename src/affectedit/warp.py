@@ -180,8 +180,9 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
     qx = torch.from_numpy(px.astype(np.float32)) + d[0]
     qy = torch.from_numpy(py.astype(np.float32)) + d[1]
     H, W = photo.shape[:2]
-    # read only the rectangle the displaced positions fall in (plus the bicubic neighbours and the blur's reach)
-    m = 2 + (int(np.ceil(4 * DETAIL_SIGMA)) if DETAIL_SIGMA > 0 else 0)  # (cv2's kernel reaches 4 sigma)
+    # read only the rectangle the displaced positions fall in, plus the bicubic neighbours and the
+    # blur's reach (cv2's kernel reaches 4 sigma)
+    m = 2 + (int(np.ceil(4 * DETAIL_SIGMA)) if DETAIL_SIGMA > 0 else 0)
     sx0 = int(max(0, np.floor(float(qx.min())) - m))
     sy0 = int(max(0, np.floor(float(qy.min())) - m))
     sx1 = int(min(W, np.ceil(float(qx.max())) + m + 1))
@@ -189,7 +190,8 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
     if sx1 <= sx0 or sy1 <= sy0:  # the flow points entirely outside the photo: its nearest edge
         sx0, sy0 = min(max(sx0, 0), W - 1), min(max(sy0, 0), H - 1)
         sx1, sy1 = sx0 + 1, sy0 + 1
-    src = torch.from_numpy(photo[sy0:sy1, sx0:sx1]).permute(2, 0, 1).float()[None]
+    patch = np.ascontiguousarray(photo[sy0:sy1, sx0:sx1], dtype=np.float32)  # read once: both bands come from it
+    src = torch.from_numpy(patch).permute(2, 0, 1)[None]
     w, h = sx1 - sx0, sy1 - sy0
     grid = torch.stack([(2 * (qx - sx0) + 1) / w - 1, (2 * (qy - sy0) + 1) / h - 1], -1)[None]
     # Any interpolation at sub-pixel positions is a blur: bilinear took ~8% of the face's fine texture
@@ -201,9 +203,7 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
         return F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)[0].clamp_(0, 255)
     import cv2
 
-    low = cv2.GaussianBlur(np.ascontiguousarray(photo[sy0:sy1, sx0:sx1], dtype=np.float32), (0, 0), DETAIL_SIGMA,
-                           borderType=cv2.BORDER_REPLICATE)
-    low = torch.from_numpy(low).permute(2, 0, 1)[None]
+    low = torch.from_numpy(cv2.GaussianBlur(patch, (0, 0), DETAIL_SIGMA, borderType=cv2.BORDER_REPLICATE)).permute(2, 0, 1)[None]
     out = F.grid_sample(low, grid, mode="bicubic", padding_mode="border", align_corners=False)
     out += F.grid_sample(src - low, grid, mode="nearest", padding_mode="border", align_corners=False)
     return out[0].clamp_(0, 255)
@@ -215,7 +215,6 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
 # 1.0 gives 0.96-1.02 and 1.01-1.10, 1.5 gives 0.98-1.04 and 1.02-1.13 (a pixel repeated where
 # the warp stretches is an edge the small, soft LFW photos did not have).
 DETAIL_SIGMA = 1.0
-
 
 
 # The drawn mouth's edge softness, in photo pixels (the sigmoid's scale).
