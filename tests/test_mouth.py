@@ -302,6 +302,29 @@ def test_units_prior_loss_is_zero_at_the_asked_mix_and_pulls_toward_it():
     assert torch.allclose(units_prior_loss(units.detach(), mix, p, w), (err.sum(1) + 4 * err[:, -1]) / U)
 
 
+def test_low_arousal_prototypes_relax_the_lids_at_their_labels():
+    """loss.units_prior_calm's extra prototypes: at the calm label the prior asks for lowered lids
+    and a faint smile, at the tired label for drooping lids; without them both labels ask for the
+    neutral face's nothing, and the prototypes of the FER classes do not change."""
+    from affectedit.basis import LOW_AROUSAL, expression_units
+    from affectedit.emotions import emotion
+    from affectedit.expression import FER_ANCHORS, FER_CLASSES
+    from affectedit.losses import soft_expression_targets
+
+    lid, smile = list(ACTION_UNITS).index("upper_lid_raise"), list(ACTION_UNITS).index("lip_corner_pull")
+    y = torch.tensor([emotion("calm"), emotion("tired"), emotion("surprised")])
+    plain = soft_expression_targets(y, torch.tensor(FER_ANCHORS), 0.01) @ expression_units(FER_CLASSES)
+    names = [*FER_CLASSES, *LOW_AROUSAL]
+    anchors = torch.tensor([*FER_ANCHORS, *[emotion(n) for n in LOW_AROUSAL]])
+    want = soft_expression_targets(y, anchors, 0.01) @ expression_units(names)
+    assert plain[:2].abs().max() < 0.05  # the neutral class is nearest both
+    assert want[0, lid] < -0.3 and want[0, smile] > 0.2
+    assert want[1, lid] < -0.8 and abs(want[1, smile]) < 1e-3
+    assert want[1, lid] < want[0, lid]  # drowsier than relaxed
+    assert torch.allclose(want[2], plain[2], atol=1e-3)  # high arousal: as before
+    assert torch.equal(expression_units(names)[: len(FER_CLASSES)], expression_units(FER_CLASSES))
+
+
 def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
     """A tiny action-unit model with the opening trains with loss.units_prior; the prior is refused
     for a model without action units."""
@@ -321,6 +344,8 @@ def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
                               f"train.init_from={tmp_path / 'start'}"])
     logs = train(cfg, tiny_cache, tmp_path / "units", progress=False)
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    calm = train(replace(cfg, loss=replace(cfg.loss, units_prior_calm=True)), tiny_cache, tmp_path / "calm", progress=False)
+    assert all(torch.isfinite(torch.tensor(v)) for v in calm.values())
     without = train(replace(cfg, loss=replace(cfg.loss, units_prior=0.0)), tiny_cache, tmp_path / "without", progress=False)
     assert logs["warp_reg"] > without["warp_reg"] + 1e-4  # same seed, same step: the prior's share of the regulariser
     with pytest.raises(UserError, match="units_prior"):

@@ -21,7 +21,7 @@ import torch
 
 from affectedit.errors import UserError
 
-__all__ = ["ACTION_UNITS", "EXPRESSION_UNITS", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "expression_units", "face_landmarks",
+__all__ = ["ACTION_UNITS", "EXPRESSION_UNITS", "LOW_AROUSAL", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "expression_units", "face_landmarks",
            "motion_basis", "rbf_flow", "unit_moves"]
 
 # dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
@@ -194,21 +194,30 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
 # movement it responds to (it widened smiling eyes, wrinkled surprised noses and opened angry
 # mouths, which people read as surprise).
 EXPRESSION_UNITS: dict[str, dict[str, float]] = {
-    "angry": {"brow_lower": 1.2, "upper_lid_raise": 0.4, "lower_lid_raise": 0.8, "nose_wrinkle": 0.4,
-              "chin_raise": 0.3, "lip_press": 1.0},
+    "angry": {"brow_lower": 1.5, "upper_lid_raise": 0.2, "lower_lid_raise": 1.0, "nose_wrinkle": 0.3,
+              "chin_raise": 0.4, "lip_press": 1.3},
     "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
                 "chin_raise": 0.5},
-    "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 1.0, "open": 0.4},
+    "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 0.6, "open": 0.4},
     "happy": {"lower_lid_raise": 0.8, "lip_corner_pull": 1.2, "open": 0.25},
-    "sad": {"inner_brow_raise": 1.2, "brow_lower": 0.8, "upper_lid_raise": -0.5, "lip_corner_depress": 1.0,
-            "chin_raise": 0.4},
-    "surprise": {"inner_brow_raise": 1.0, "outer_brow_raise": 1.0, "upper_lid_raise": 0.9, "open": 0.8},
+    "sad": {"inner_brow_raise": 1.4, "brow_lower": 0.8, "upper_lid_raise": -0.6, "lip_corner_depress": 1.4,
+            "chin_raise": 0.6},
+    "surprise": {"inner_brow_raise": 1.0, "outer_brow_raise": 1.0, "upper_lid_raise": 0.5, "open": 0.9},
     "neutral": {},
+    # not FER-2013 classes: the low-arousal faces of ``loss.units_prior_calm`` (LOW_AROUSAL), at
+    # their labels in affectedit.emotions: relaxed lids and a faint smile, and drowsy lids
+    "calm": {"upper_lid_raise": -0.4, "lip_corner_pull": 0.35},
+    "tired": {"upper_lid_raise": -0.9},
 }
+
+# The prototypes ``loss.units_prior_calm`` adds to the FER classes' (at the labels
+# ``affectedit.emotions`` gives these names): without them a calm or tired label is nearest the
+# neutral class, and the arousal dial's low half moves nothing (issue 12: relaxed lids for low arousal).
+LOW_AROUSAL = ("calm", "tired")
 
 
 def expression_units(classes, mouth: bool = True) -> torch.Tensor:
-    """K x U (+1 with ``mouth``): :data:`EXPRESSION_UNITS` of ``classes`` (FER-2013 class names) in
+    """K x U (+1 with ``mouth``): :data:`EXPRESSION_UNITS` of ``classes`` (FER-2013 class names, or :data:`LOW_AROUSAL`'s) in
     :data:`ACTION_UNITS` order, the opening last (left out without ``mouth``)."""
     names = [*ACTION_UNITS, *(["open"] if mouth else [])]
     for c in classes:

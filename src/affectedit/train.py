@@ -301,11 +301,15 @@ def train(
     if warp and lc.units_prior > 0:
         if mc.motion != "units" or mc.mouth != "open":
             raise UserError("loss.units_prior needs model.motion=units and model.mouth=open (G's action-unit coefficients)")
-        from affectedit.basis import expression_units
+        from affectedit.basis import LOW_AROUSAL, expression_units
+        from affectedit.emotions import emotion
         from affectedit.expression import FER_ANCHORS, FER_CLASSES
 
-        prototypes = expression_units(FER_CLASSES).to(device)
-        fer_anchors = torch.tensor(FER_ANCHORS, device=device)
+        names, anchors = list(FER_CLASSES), list(FER_ANCHORS)
+        if lc.units_prior_calm:
+            names, anchors = names + list(LOW_AROUSAL), anchors + [emotion(n) for n in LOW_AROUSAL]
+        prototypes = expression_units(names).to(device)
+        fer_anchors = torch.tensor(anchors, device=device)
         unit_weights = torch.ones(prototypes.shape[1], device=device)
         unit_weights[-1] = lc.units_prior_open
     expression_net = None
