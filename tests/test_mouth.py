@@ -80,6 +80,30 @@ def test_closed_mouth_draws_nothing_and_an_open_one_draws_between_the_lips(portr
     assert colour[0, :, centre[1] + 2, centre[0]].mean() < -0.3
 
 
+def test_render_gradients_stay_finite_at_the_openings_corners():
+    """A pixel exactly at the opening's inner corner (|t| = 1: the ellipse's height there is 0) gives
+    finite gradients: sqrt and the arch's power have infinite slope at 0, which once turned a
+    training step's gradients into NaN (and the next step's grid_sample into a segfault)."""
+    rest = torch.full((1, 68, 2), 0.5)
+    rest[0, 48], rest[0, 54] = torch.tensor([0.25, 0.5]), torch.tensor([0.75, 0.5])  # outer corners: half width 0.25
+    rest[0, 60], rest[0, 64] = torch.tensor([0.3125, 0.5]), torch.tensor([0.6875, 0.5])  # inset 0.75: inner half width 0.1875
+    for i in (50, 51, 52, 61, 62, 63):
+        rest[0, i, 1] = 0.47
+    for i in (56, 57, 58):
+        rest[0, i, 1] = 0.53
+    rest[0, 36:42] = torch.tensor([0.3, 0.35])  # eyes, for the teeth's scale
+    rest[0, 42:48] = torch.tensor([0.7, 0.35])
+    lm = rest.clone()
+    lm[0, 56:59, 1] += 0.05  # the lower lip down: an opening
+    lm.requires_grad_(True)
+    ux = torch.tensor([[0.6875, 0.5, 0.3125]])  # the right inner corner (t = 1 exactly), the centre, the left one
+    uy = torch.full_like(ux, 0.5)
+    mask, colour = render(ux, uy, lm, 0.01, rest)
+    assert mask[0, 0, 0, 1] > 0.2  # the centre is open
+    (mask.sum() + colour.sum()).backward()
+    assert torch.isfinite(lm.grad).all()
+
+
 def test_a_smile_widens_the_opening_with_the_corners(portrait):
     _, _, _, unit = portrait
     ux, uy = _grid(256)

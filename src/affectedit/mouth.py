@@ -112,6 +112,14 @@ def appearance_keep(rest: torch.Tensor, ux: torch.Tensor, uy: torch.Tensor) -> t
     return torch.sigmoid((r - 1) / 0.15)
 
 
+def _root(x: torch.Tensor, p: float) -> torch.Tensor:
+    """x ** p for x >= 0 and 0 < p < 1, the same values, with a zero gradient at x = 0 instead of
+    pow's infinite one (which times a zero upstream gradient is NaN: one pixel exactly at the
+    opening's corner once made a whole training step's gradients NaN)."""
+    pos = x > 0
+    return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).pow(p), torch.zeros_like(x))
+
+
 def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
            min_line: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
@@ -148,8 +156,8 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     scale = _eye_distance(lm)[:, None, None]
     gap = spread.clamp_min(0)
     across2 = (1 - t.square()).clamp_min(0)
-    bell = across2.pow(0.8)  # the upper lip's arch
-    height = gap * across2.sqrt()  # the opening's height across: an ellipse's
+    bell = _root(across2, 0.8)  # the upper lip's arch
+    height = gap * _root(across2, 0.5)  # the opening's height across: an ellipse's
     top, bottom = up * bell, up * bell + height
     sig = torch.sigmoid
     outline = outline * soft  # the lips' edge over the dark inside: a photo's lips blur into it
