@@ -208,6 +208,29 @@ def test_diverged_weights_never_replace_the_last_good_checkpoint(tiny_cache, tmp
         assert _all_finite(run / "checkpoint.pt") and 4 <= state["step"] < 20
 
 
+def test_nan_gradients_with_finite_losses_stop_before_the_update(tiny_cache, tmp_path, monkeypatch):
+    # An op with an infinite slope can make the gradients NaN while every loss is finite (it once
+    # did: sqrt at 0 in the mouth's drawing). The update must not happen: the run stops with the
+    # loss check's clear message and the last good checkpoint stays as it was.
+    import accelerate
+
+    run = tmp_path / "run"
+    before = _good_run(tiny_cache, run)
+    real = accelerate.Accelerator.backward
+
+    def poisoned(self, loss, **kw):  # after every backward, one of the encoder's gradients is NaN
+        real(self, loss, **kw)
+        grads = [p.grad for p in self._models[0].parameters() if p.grad is not None]
+        if grads:
+            grads[0].fill_(float("nan"))
+
+    monkeypatch.setattr(accelerate.Accelerator, "backward", poisoned)
+    with pytest.raises(TrainingDiverged, match="gradients became NaN or infinite at step 4.*last good checkpoint"):
+        train(get_config("tiny", ["loss.identity=0", "train.steps=8", f"train.checkpoint_every={EVERY}"]),
+              tiny_cache, run, resume=True, progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == before and _all_finite(run / "checkpoint.pt")
+
+
 def test_cache_without_labels_is_refused_before_training(tiny_cache, tmp_path):
     cache = tmp_path / "unlabelled"
     shutil.copytree(tiny_cache, cache)

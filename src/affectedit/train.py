@@ -452,6 +452,13 @@ def train(
             raise TrainingDiverged(
                 f"a loss became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}"
             )
+        grads = [p.grad for group in opt_eg.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).float()).all():
+            # finite losses, NaN gradients (an op with an infinite slope): stop here, before the
+            # update poisons the weights (and a NaN flow crashes grid_sample on the CPU)
+            raise TrainingDiverged(
+                f"the encoder/generator gradients became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}"
+            )
         step_optimizers(accelerator, opt_eg)
         if accelerator.scaler is not None:  # fp16: one scale update per training step, after all three steps
             accelerator.scaler.update()
