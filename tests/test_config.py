@@ -148,3 +148,4 @@ def test_configs_stored_before_the_new_keys_load_as_they_were_trained():
     assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", mouth="open", appearance_range=0.25,
                                             appearance_mouth=False, gate_from=0.2)
     assert cfg.loss.units_prior == 8 and cfg.loss.units_prior_open == 5
+    assert cfg.loss.units_prior_tau == 0.01 and cfg.loss.units_prior_calm is True
