@@ -453,7 +453,7 @@ def train(
                 f"a loss became NaN or infinite at step {step}; {_kept(ckpt_path, last_saved, out_dir)}"
             )
         grads = [p.grad for group in opt_eg.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).float()).all():
+        if grads and not torch.isfinite(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])).all():
             # finite losses, NaN gradients (an op with an infinite slope): stop here, before the
             # update poisons the weights (and a NaN flow crashes grid_sample on the CPU)
             raise TrainingDiverged(
