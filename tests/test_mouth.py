@@ -370,6 +370,8 @@ def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
     calm = train(replace(cfg, loss=replace(cfg.loss, units_prior_calm=True)), tiny_cache, tmp_path / "calm", progress=False)
     assert all(torch.isfinite(torch.tensor(v)) for v in calm.values())
+    smile = train(replace(cfg, loss=replace(cfg.loss, units_prior_smile=4.0)), tiny_cache, tmp_path / "smile", progress=False)
+    assert smile["warp_reg"] > logs["warp_reg"]  # same seed and step: the corner puller's term weighs 4x
     without = train(replace(cfg, loss=replace(cfg.loss, units_prior=0.0)), tiny_cache, tmp_path / "without", progress=False)
     assert logs["warp_reg"] > without["warp_reg"] + 1e-4  # same seed, same step: the prior's share of the regulariser
     with pytest.raises(UserError, match="units_prior"):

@@ -301,7 +301,7 @@ def train(
     if warp and lc.units_prior > 0:
         if mc.motion != "units" or mc.mouth != "open":
             raise UserError("loss.units_prior needs model.motion=units and model.mouth=open (G's action-unit coefficients)")
-        from affectedit.basis import LOW_AROUSAL, expression_units
+        from affectedit.basis import ACTION_UNITS, LOW_AROUSAL, expression_units
         from affectedit.emotions import emotion
         from affectedit.expression import FER_ANCHORS, FER_CLASSES
 
@@ -312,6 +312,7 @@ def train(
         fer_anchors = torch.tensor(anchors, device=device)
         unit_weights = torch.ones(prototypes.shape[1], device=device)
         unit_weights[-1] = lc.units_prior_open
+        unit_weights[list(ACTION_UNITS).index("lip_corner_pull")] = lc.units_prior_smile
     expression_net = None
     if warp and lc.expression > 0:
         from affectedit.expression import ExpressionModel
