@@ -143,8 +143,7 @@ def test_appearance_basis_stays_off_the_drawn_mouth(portrait):
 
     _, _, _, unit = portrait
     size = 64
-    p = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    uy, ux = torch.meshgrid(p, p, indexing="ij")
+    ux, uy = _grid(size)
     keep = appearance_keep(unit, ux, uy)
     at = lambda i: keep[int(unit[i, 1] * size), int(unit[i, 0] * size)]  # noqa: E731
     assert at(62) < 0.02 and at(66) < 0.02 and at(48) < 0.5  # the lips' middle and corners
@@ -330,23 +329,23 @@ def test_low_arousal_prototypes_relax_the_lids_at_their_labels():
     """loss.units_prior_calm's extra prototypes: at the calm label the prior asks for lowered lids
     and a faint smile, at the tired label for drooping lids; without them both labels ask for the
     neutral face's nothing, and the prototypes of the FER classes do not change."""
-    from affectedit.basis import LOW_AROUSAL, expression_units
+    from affectedit.basis import prior_prototypes
     from affectedit.emotions import emotion
-    from affectedit.expression import FER_ANCHORS, FER_CLASSES
+    from affectedit.expression import FER_CLASSES
     from affectedit.losses import soft_expression_targets
 
     lid, smile = list(ACTION_UNITS).index("upper_lid_raise"), list(ACTION_UNITS).index("lip_corner_pull")
     y = torch.tensor([emotion("calm"), emotion("tired"), emotion("surprised")])
-    plain = soft_expression_targets(y, torch.tensor(FER_ANCHORS), 0.01) @ expression_units(FER_CLASSES)
-    names = [*FER_CLASSES, *LOW_AROUSAL]
-    anchors = torch.tensor([*FER_ANCHORS, *[emotion(n) for n in LOW_AROUSAL]])
-    want = soft_expression_targets(y, anchors, 0.01) @ expression_units(names)
+    fer_only, anchors_fer = prior_prototypes()
+    with_calm, anchors = prior_prototypes(calm=True)
+    plain = soft_expression_targets(y, anchors_fer, 0.01) @ fer_only
+    want = soft_expression_targets(y, anchors, 0.01) @ with_calm
     assert plain[:2].abs().max() < 0.05  # the neutral class is nearest both
     assert want[0, lid] < -0.3 and want[0, smile] > 0.2
     assert want[1, lid] < -0.8 and abs(want[1, smile]) < 1e-3
     assert want[1, lid] < want[0, lid]  # drowsier than relaxed
     assert torch.allclose(want[2], plain[2], atol=1e-3)  # high arousal: as before
-    assert torch.equal(expression_units(names)[: len(FER_CLASSES)], expression_units(FER_CLASSES))
+    assert torch.equal(with_calm[: len(FER_CLASSES)], fer_only) and torch.equal(anchors[: len(FER_CLASSES)], anchors_fer)
 
 
 def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):

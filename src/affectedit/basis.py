@@ -22,7 +22,7 @@ import torch
 from affectedit.errors import UserError
 
 __all__ = ["ACTION_UNITS", "EXPRESSION_UNITS", "LOW_AROUSAL", "LOWER", "UPPER", "action_unit_basis", "appearance_basis", "eye_distance", "expression_units", "face_landmarks",
-           "motion_basis", "rbf_flow", "unit_moves"]
+           "motion_basis", "prior_prototypes", "rbf_flow", "unit_moves"]
 
 # dlib's 68 points: the upper face (brows 17-26, nose 27-35, eyes 36-47) and the lower face (jaw 0-16, mouth 48-67).
 UPPER = tuple(range(17, 48))
@@ -225,6 +225,19 @@ def expression_units(classes, mouth: bool = True) -> torch.Tensor:
         if unknown:
             raise ValueError(f"EXPRESSION_UNITS[{c!r}] names units the model lacks: {sorted(unknown)}")
     return torch.tensor([[EXPRESSION_UNITS[c].get(n, 0.0) for n in names] for c in classes])
+
+
+def prior_prototypes(calm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``loss.units_prior``'s prototypes (K x U+1, :func:`expression_units`) and where they sit on
+    the circumplex (K x 2): the FER-2013 classes at their anchors, and with ``calm``
+    (``loss.units_prior_calm``) also :data:`LOW_AROUSAL`'s faces at their labels in affectedit.emotions."""
+    from affectedit.emotions import emotion
+    from affectedit.expression import FER_ANCHORS, FER_CLASSES
+
+    names, anchors = list(FER_CLASSES), list(FER_ANCHORS)
+    if calm:
+        names, anchors = names + list(LOW_AROUSAL), anchors + [emotion(n) for n in LOW_AROUSAL]
+    return expression_units(names), torch.tensor(anchors)
 
 
 # How far below 0 each unit's coefficient may go, as a share of UNIT_RANGE (the rest: 0.2, enough to

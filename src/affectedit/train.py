@@ -301,15 +301,9 @@ def train(
     if warp and lc.units_prior > 0:
         if mc.motion != "units" or mc.mouth != "open":
             raise UserError("loss.units_prior needs model.motion=units and model.mouth=open (G's action-unit coefficients)")
-        from affectedit.basis import ACTION_UNITS, LOW_AROUSAL, expression_units
-        from affectedit.emotions import emotion
-        from affectedit.expression import FER_ANCHORS, FER_CLASSES
+        from affectedit.basis import ACTION_UNITS, prior_prototypes
 
-        names, anchors = list(FER_CLASSES), list(FER_ANCHORS)
-        if lc.units_prior_calm:
-            names, anchors = names + list(LOW_AROUSAL), anchors + [emotion(n) for n in LOW_AROUSAL]
-        prototypes = expression_units(names).to(device)
-        fer_anchors = torch.tensor(anchors, device=device)
+        prototypes, fer_anchors = (t.to(device) for t in prior_prototypes(lc.units_prior_calm))
         unit_weights = torch.ones(prototypes.shape[1], device=device)
         unit_weights[-1] = lc.units_prior_open
         unit_weights[list(ACTION_UNITS).index("lip_corner_pull")] = lc.units_prior_smile
