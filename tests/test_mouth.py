@@ -375,3 +375,92 @@ def test_units_prior_trains_the_mouth_model(tiny_cache, tmp_path):
     assert logs["warp_reg"] > without["warp_reg"] + 1e-4  # same seed, same step: the prior's share of the regulariser
     with pytest.raises(UserError, match="units_prior"):
         train(get_config("tiny", base), tiny_cache, tmp_path / "free", progress=False)
+
+
+def _column_reads(portrait, carry: bool, opening: float = 1.0):
+    """Along the mouth's centre column of the portrait (photo rows), the row of the input each
+    output row reads with the opening's own flow (optionally with ``carry_lips``), and the
+    landmarks where the flow put the lips."""
+    from affectedit.mouth import carry_lips
+
+    img, face, lm, unit = portrait
+    size = 64
+    own = opening * torch.from_numpy(flow_for(unit.numpy() * size - 0.5, size)).float()[None]
+    moved = warped_landmarks(unit[None], own, _units(opening))
+    t = np.asarray(face.transform)
+    cx = lm[[51, 57, 62, 66], 0].mean()
+    rows = np.arange(int(lm[51, 1]) - 20, int(lm[8, 1]) + 40, dtype=np.float64)
+    ux = torch.from_numpy(t[0, 0] * cx + t[0, 1] * rows + t[0, 2]).float()[:, None]
+    uy = torch.from_numpy(t[1, 0] * cx + t[1, 1] * rows + t[1, 2]).float()[:, None]
+    flow = torch.nn.functional.grid_sample(own, torch.stack([2 * ux - 1, 2 * uy - 1], -1)[None], align_corners=False)[0]
+    if carry:
+        flow = carry_lips(ux, uy, flow, moved, unit[None])
+    read = np.stack([ux[:, 0].numpy(), uy[:, 0].numpy()], -1) + flow[:, :, 0].T.numpy() / 2
+    read_rows = (read - t[:, 2]) @ np.linalg.inv(t[:, :2]).T  # unit crop -> photo pixels
+    moved_px = (moved[0].numpy() - t[:, 2]) @ np.linalg.inv(t[:, :2]).T
+    return rows, read_rows[:, 1], moved_px
+
+
+def test_carry_lips_moves_the_lower_lip_whole_where_the_plain_flow_stretches_it(portrait):
+    """A smile's opening (0.4): the smooth flow stretches the lower lip (its band of the output reads
+    about half as many input rows); carry_lips makes the band read the input's whole lip, seam to
+    outer edge, nearly one row per row. A wide opening (1.0): the smooth flow folds over (reads go
+    back up: the lip is mirrored), carry_lips' reads only go down. Far above and below the lips
+    nothing changes."""
+    _, _, lm, _ = portrait
+    lip = lm[57, 1] - lm[66, 1]
+    slopes = {}
+    for carry in (False, True):
+        rows, reads, moved = _column_reads(portrait, carry, 0.4)
+        band = (rows > moved[57, 1] - 0.8 * lip) & (rows < moved[57, 1] - 1)
+        slopes[carry] = np.polyfit(rows[band], reads[band], 1)[0]  # input rows per output row
+        if carry:
+            assert abs(np.interp(moved[57, 1], rows, reads) - lm[57, 1]) < 1.5  # the outer edge reads the outer edge
+    assert slopes[False] < 0.65 and slopes[True] > 0.8
+    rows, plain, moved = _column_reads(portrait, False, 1.0)
+    carried = _column_reads(portrait, True, 1.0)[1]
+    assert np.diff(plain).min() < -0.2 and np.diff(carried).min() > -1e-3
+    far = (rows < lm[51, 1] - 18) | (rows > moved[57, 1] + 1.5 * lip)
+    assert far.sum() >= 20 and np.allclose(plain[far], carried[far], atol=1e-4)
+
+
+def test_carry_lips_changes_nothing_beyond_the_mouth_corners(portrait):
+    from affectedit.mouth import carry_lips
+
+    _, _, lm, unit = portrait
+    own = torch.from_numpy(flow_for(unit.numpy() * 64 - 0.5, 64)).float()[None]
+    moved = warped_landmarks(unit[None], own, _units(1.0))
+    ux, uy = _grid(256)
+    flow = torch.nn.functional.grid_sample(own, torch.stack([2 * ux - 1, 2 * uy - 1], -1)[None], align_corners=False)[0]
+    out = carry_lips(ux, uy, flow, moved, unit[None])
+    outside = (ux < moved[0, 48, 0] - 0.01) | (ux > moved[0, 54, 0] + 0.01)
+    assert torch.equal(out[:, outside], flow[:, outside])
+    assert (out - flow).abs().max() > 0.01  # and it does act inside
+
+
+def test_drawn_teeth_follow_the_eye_whites_not_the_skin(portrait):
+    """The drawn inside's brightness follows the light (the eye whites), whatever the skin's."""
+    from affectedit.warp import _draw_mouth, _eye_whites
+
+    img, face, lm, unit = portrait
+    src = np.asarray(img)
+    whites = _eye_whites(src, lm)
+    assert whites is not None and 100 < whites < 255
+    assert _eye_whites(src, lm * 0.05) is None  # a tiny face: fewer than 30 eye pixels
+    own = torch.from_numpy(flow_for(unit.numpy() * 64 - 0.5, 64)).float()[None]
+    moved = warped_landmarks(unit[None], own, _units(1.0))
+    t = np.asarray(face.transform)
+    px, py = np.meshgrid(np.arange(675, dtype=np.float64), np.arange(675, dtype=np.float64))
+    ux, uy = t[0, 0] * px + t[0, 1] * py + t[0, 2], t[1, 0] * px + t[1, 1] * py + t[1, 2]
+
+    def teeth(skin, eyes):  # the drawing's brightest (the teeth) on a flat photo of this grey
+        flat = torch.full((3, 675, 675), skin)
+        out = _draw_mouth(flat, flat, moved, unit[None], t, ux, uy, eyes=eyes)
+        drawn = (out - flat).abs().amax(0) > 3
+        assert drawn.sum() > 100
+        return float(torch.quantile(out.mean(0)[drawn], 0.98))
+
+    bright = [teeth(100.0, w) for w in (120.0, 150.0)]
+    assert bright[1] / bright[0] == pytest.approx(1.25, rel=0.06)
+    assert teeth(60.0, 150.0) == pytest.approx(bright[1], rel=0.03)  # the same light on darker skin: as bright
+    assert teeth(100.0, None) < 0.8 * teeth(180.0, None)  # without the eyes, the skin decides

@@ -19,13 +19,14 @@ model's signal like every other unit. The drawing is differentiable in the landm
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "appearance_keep", "flow_for", "moved_landmarks", "render", "warped_landmarks"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -120,20 +121,30 @@ def _root(x: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(pos, torch.where(pos, x, torch.ones_like(x)).pow(p), torch.zeros_like(x))
 
 
-def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
-           min_line: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
-    where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
-    (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
-    coordinates (about half a pixel of the output); ``outline``: how many times softer the lips' edge
-    over the dark inside is; ``min_line``: the gaps between teeth are no thinner than this many
-    ``soft`` (no aliasing on small faces). The defaults are G's drawing in training; an edited photo
-    uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
+class _Lens(NamedTuple):
+    """The opening's geometry at points (ux, uy) (N x H x W each, except as noted): ``t`` across
+    (-1..1 between the inner corners), ``v`` below the line through the moved outer corners, the
+    frame (``mid``, ``ex``, ``ey`` N x 2; ``half``, ``outer`` N: the opening's and the outer
+    corners' half width), the gap's height at the middle ``gap`` (N x 1 x 1), the upper lip's arch
+    ``bell``, the opening's ``height`` across, and its ``top`` and ``bottom`` edges in ``v``."""
 
-    Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
-    inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
-    own thickness; the gap is how much farther apart the two lips' outer centres are than at rest,
-    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch."""
+    t: torch.Tensor
+    v: torch.Tensor
+    mid: torch.Tensor
+    ex: torch.Tensor
+    ey: torch.Tensor
+    half: torch.Tensor
+    outer: torch.Tensor
+    gap: torch.Tensor
+    bell: torch.Tensor
+    height: torch.Tensor
+    top: torch.Tensor
+    bottom: torch.Tensor
+
+
+def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor) -> _Lens:
+    """The lens between the lips that :func:`render` draws in, for the landmarks ``lm`` where the
+    warp put them and ``rest`` where they were (N x 68 x 2), at points (ux, uy) (H x W)."""
     lm, rest = lm.float(), rest.float()
     c0, c1 = lm[:, 48], lm[:, 54]  # outer mouth corners
     mid = (c0 + c1) / 2
@@ -153,12 +164,32 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     thick_up = (below(_INNER_UP, rest) - below(_OUTER_UP, rest)).clamp_min(0)
     up = below(_OUTER_UP, lm) + thick_up  # the upper lip's inner edge
     spread = (below(_OUTER_LOW, lm) - below(_OUTER_UP, lm)) - (below(_OUTER_LOW, rest) - below(_OUTER_UP, rest))
-    scale = _eye_distance(lm)[:, None, None]
     gap = spread.clamp_min(0)
     across2 = (1 - t.square()).clamp_min(0)
     bell = _root(across2, 0.8)  # the upper lip's arch
     height = gap * _root(across2, 0.5)  # the opening's height across: an ellipse's
-    top, bottom = up * bell, up * bell + height
+    top = up * bell
+    return _Lens(t, v, mid, ex, ey, half, outer, gap, bell, height, top, top + height)
+
+
+def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
+           min_line: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
+    where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
+    (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
+    coordinates (about half a pixel of the output); ``outline``: how many times softer the lips' edge
+    over the dark inside is; ``min_line``: the gaps between teeth are no thinner than this many
+    ``soft`` (no aliasing on small faces). The defaults are G's drawing in training; an edited photo
+    uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
+
+    Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
+    inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
+    own thickness; the gap is how much farther apart the two lips' outer centres are than at rest,
+    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch."""
+    g = _lens(ux, uy, lm, rest)
+    t, v, half, gap, bell, height, top, bottom = g.t, g.v, g.half, g.gap, g.bell, g.height, g.top, g.bottom
+    lm = lm.float()
+    scale = _eye_distance(lm)[:, None, None]
     sig = torch.sigmoid
     outline = outline * soft  # the lips' edge over the dark inside: a photo's lips blur into it
     inside = sig((v - top) / outline) * sig((bottom - v) / outline) * sig((1 - t.abs()) * half[:, None, None] / outline)
@@ -179,6 +210,75 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     teeth = torch.tensor(TEETH, device=lm.device)[None, :, None, None] * shade[:, None]
     colour = teeth_a[:, None] * teeth + (1 - teeth_a[:, None]) * cavity
     return mask[:, None], colour.clamp(0, 1) * 2 - 1
+
+
+# dlib's lips: each one's inner edge (the closed mouth's seam, corner to corner) and its outer edge.
+_INNER_LOW_EDGE, _OUTER_LOW_EDGE = [60, 67, 66, 65, 64], [48, 59, 58, 57, 56, 55, 54]
+_INNER_UP_EDGE, _OUTER_UP_EDGE = [60, 61, 62, 63, 64], [48, 49, 50, 51, 52, 53, 54]
+
+
+def _along(a: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation of ``values`` (K x C, given at positions ``at``, K) at ``a``
+    (any shape), held constant beyond the ends: ... x C."""
+    order = torch.argsort(at)
+    at, values = at[order], values[order]
+    flat = a.reshape(-1).clamp(float(at[0]), float(at[-1]))
+    i = torch.searchsorted(at, flat).clamp(1, len(at) - 1)
+    w = ((flat - at[i - 1]) / (at[i] - at[i - 1]).clamp_min(1e-9))[:, None]
+    return torch.lerp(values[i - 1], values[i], w).reshape(*a.shape, values.shape[-1])
+
+
+def carry_lips(ux: torch.Tensor, uy: torch.Tensor, flow: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """``flow`` (2 x H x W, grid_sample units, backward: the output at (ux, uy) reads the input at
+    (ux, uy) + flow / 2, unit crop coordinates) with both lips carried whole where the mouth opens.
+
+    A smooth flow cannot part the lips: the upper and the lower lip both start at the closed mouth's
+    seam, and the flow spreads the jump between them over the width of its radial functions, so the
+    lower lip is stretched (about 1.7x its height for a smile's opening) and only partly hidden by the
+    drawn inside, and where the corners rise the seam runs through the upper lip as a dark line. Here
+    each point of a lip's band of the output (the upper lip between its outer edge where the warp put
+    it, ``lm``, and the drawn opening's top; the lower lip between the opening's bottom and its outer
+    edge) reads the input's lip (between its outer edge and the seam at ``rest``, at the same place
+    across), so a lip keeps its texture and its thickness and only moves; inside the opening the read
+    slides along the seam (it is drawn over), and beyond the lips the change fades out over one lip's
+    height. Between the inner and the outer corners both bands narrow to the corner, where the lips
+    meet; beyond the outer corners, and outside the mouth, ``flow`` is unchanged. For an edited photo
+    only (``warp.apply_to_photo``, one face)."""
+    g = _lens(ux, uy, lm[:1], rest[:1])
+    lm, rest = lm[0].float(), rest[0].float()
+    t, v, top, bottom = g.t[0], g.v[0], g.top[0], g.bottom[0]
+    a = t * (g.half / g.outer)[0]  # across, the outer corners at -1 and 1
+    mid_r = (rest[48] + rest[54]) / 2
+    ex_r = (rest[54] - rest[48]) / (rest[54] - rest[48]).norm().clamp_min(1e-9)
+    ey_r = torch.stack([-ex_r[1], ex_r[0]])
+    half_r = (rest[54] - rest[48]).norm().clamp_min(1e-9) / 2
+
+    def across(points, m, e, h):
+        return ((points - m) * e).sum(-1) / h
+
+    def rest_edge(points):  # the input's lip edge at the same place across: ... x 2
+        return _along(a, across(rest[points], mid_r, ex_r, half_r), rest[points])
+
+    def moved_edge(points):  # how far below the moved corners' line the warped lip edge lies: ...
+        m = lm[points]
+        return _along(a, across(m, g.mid[0], g.ex[0], g.outer[0]), ((m - g.mid[0]) * g.ey[0]).sum(-1, keepdim=True))[..., 0]
+
+    seam_up, seam_low = rest_edge(_INNER_UP_EDGE), rest_edge(_INNER_LOW_EDGE)
+    outer_up, outer_low = rest_edge(_OUTER_UP_EDGE), rest_edge(_OUTER_LOW_EDGE)
+    up_out, low_out = moved_edge(_OUTER_UP_EDGE), moved_edge(_OUTER_LOW_EDGE)
+    s_up = ((v - up_out) / (top - up_out).clamp_min(1e-6))[..., None]  # 0 at the upper lip's outer edge, 1 at its inner
+    s_low = ((v - bottom) / (low_out - bottom).clamp_min(1e-6))[..., None]  # 0 at the lower lip's inner edge, 1 at its outer
+    s_gap = ((v - top) / (bottom - top).clamp_min(1e-6))[..., None].clamp(0, 1)
+    target = torch.where(v[..., None] < top[..., None], torch.lerp(outer_up, seam_up, s_up.clamp(0, 1)),
+                         torch.where(v[..., None] < bottom[..., None], torch.lerp(seam_up, seam_low, s_gap),
+                                     torch.lerp(seam_low, outer_low, s_low.clamp(0, 1))))
+    # beyond the lips, the lips' own move continued, fading out over one lip's height
+    target = torch.where(s_up < 0, outer_up + (v - up_out)[..., None] * ey_r, target)
+    target = torch.where(s_low > 1, outer_low + (v - low_out)[..., None] * ey_r, target)
+    weight = torch.minimum((1 + s_up[..., 0]).clamp(0, 1), (2 - s_low[..., 0]).clamp(0, 1))
+    weight = weight * ((1 - a.abs()) / 0.15).clamp(0, 1)  # to the outer corners, where the lips meet
+    read = torch.stack([ux, uy], -1) + flow.permute(1, 2, 0) / 2
+    return flow + (2 * (target - read) * weight[..., None]).permute(2, 0, 1)
 
 
 def flow_for(points: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
