@@ -279,8 +279,9 @@ def test_editor_opens_the_mouth_of_a_real_photo_end_to_end(portrait, tmp_path):
 
 def test_expression_units_prototypes_follow_facs():
     """basis.EXPRESSION_UNITS in ACTION_UNITS order: a smile raises the cheeks and pulls the corners
-    without widening the eyes; surprise lifts both brows and opens the mouth; anger lowers the brows
-    and presses the lips shut; neutral asks for nothing."""
+    without widening the eyes; surprise lifts both brows and opens the mouth; anger lowers the brows,
+    tightens the lids, raises the upper lip and opens the mouth less than surprise, never lifting the
+    brows; neutral asks for nothing."""
     from affectedit.basis import EXPRESSION_UNITS, expression_units
     from affectedit.expression import FER_CLASSES
 
@@ -292,7 +293,9 @@ def test_expression_units_prototypes_follow_facs():
     assert row["happy"][col["upper_lid_raise"]] == 0
     assert row["surprise"][col["inner_brow_raise"]] > 0 and row["surprise"][col["outer_brow_raise"]] > 0
     assert row["surprise"][col["open"]] > 0.5 and row["surprise"][col["nose_wrinkle"]] == 0
-    assert row["angry"][col["brow_lower"]] > 1 and row["angry"][col["open"]] == 0 and row["angry"][col["lip_press"]] > 0
+    assert row["angry"][col["brow_lower"]] > 1 and row["angry"][col["lower_lid_raise"]] > 0 and row["angry"][col["nose_wrinkle"]] > 0
+    assert 0 < row["angry"][col["open"]] < row["surprise"][col["open"]]
+    assert row["angry"][col["inner_brow_raise"]] == 0 and row["angry"][col["outer_brow_raise"]] == 0
     assert not row["neutral"].any()
     assert expression_units(FER_CLASSES, mouth=False).shape == (len(FER_CLASSES), U - 1)
     EXPRESSION_UNITS["fear"]["wink"] = 1.0
