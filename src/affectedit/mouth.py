@@ -256,16 +256,24 @@ def carry_lips(ux: torch.Tensor, uy: torch.Tensor, flow: torch.Tensor, lm: torch
     def across(points, m, e, h):
         return ((points - m) * e).sum(-1) / h
 
-    def rest_edge(points):  # the input's lip edge at the same place across: ... x 2
-        return _along(a, across(rest[points], mid_r, ex_r, half_r), rest[points])
+    # every lip edge as a function of the place across, tabled at 129 places and read at each pixel's
+    # in one go (one lookup instead of twelve gathers: the photo path's time)
+    places = torch.linspace(-1, 1, 129)
 
-    def moved_edge(points):  # how far below the moved corners' line the warped lip edge lies: ...
+    def rest_edge(points):  # the input's lip edge at each place across: 129 x 2
+        return _along(places, across(rest[points], mid_r, ex_r, half_r), rest[points])
+
+    def moved_edge(points):  # how far below the moved corners' line the warped lip edge lies: 129 x 1
         m = lm[points]
-        return _along(a, across(m, g.mid[0], g.ex[0], g.outer[0]), ((m - g.mid[0]) * g.ey[0]).sum(-1, keepdim=True))[..., 0]
+        return _along(places, across(m, g.mid[0], g.ex[0], g.outer[0]), ((m - g.mid[0]) * g.ey[0]).sum(-1, keepdim=True))
 
-    seam_up, seam_low = rest_edge(_INNER_UP_EDGE), rest_edge(_INNER_LOW_EDGE)
-    outer_up, outer_low = rest_edge(_OUTER_UP_EDGE), rest_edge(_OUTER_LOW_EDGE)
-    up_out, low_out = moved_edge(_OUTER_UP_EDGE), moved_edge(_OUTER_LOW_EDGE)
+    table = torch.cat([rest_edge(_INNER_UP_EDGE), rest_edge(_INNER_LOW_EDGE), rest_edge(_OUTER_UP_EDGE),
+                       rest_edge(_OUTER_LOW_EDGE), moved_edge(_OUTER_UP_EDGE), moved_edge(_OUTER_LOW_EDGE)], -1)  # 129 x 10
+    at = torch.stack([a.clamp(-1, 1), torch.zeros_like(a)], -1)[None]
+    edges = torch.nn.functional.grid_sample(table.T[None, :, None, :], at, mode="bilinear", padding_mode="border",
+                                            align_corners=True)[0].permute(1, 2, 0)  # H x W x 10
+    seam_up, seam_low, outer_up, outer_low = edges[..., 0:2], edges[..., 2:4], edges[..., 4:6], edges[..., 6:8]
+    up_out, low_out = edges[..., 8], edges[..., 9]
     s_up = ((v - up_out) / (top - up_out).clamp_min(1e-6))[..., None]  # 0 at the upper lip's outer edge, 1 at its inner
     s_low = ((v - bottom) / (low_out - bottom).clamp_min(1e-6))[..., None]  # 0 at the lower lip's inner edge, 1 at its outer
     s_gap = ((v - top) / (bottom - top).clamp_min(1e-6))[..., None].clamp(0, 1)

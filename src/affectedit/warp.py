@@ -263,13 +263,18 @@ def _eye_whites(photo: np.ndarray, lm: np.ndarray) -> float | None:
     cover fewer than 30 pixels (a small face: the skin decides)."""
     import cv2
 
-    mask = np.zeros(photo.shape[:2], np.uint8)
-    for eye in (lm[36:42], lm[42:48]):
-        cv2.fillPoly(mask, [np.round(eye).astype(np.int32)], 1)
+    pts = np.round(lm[36:48]).astype(np.int32)
+    x0, y0 = np.maximum(pts.min(0), 0)
+    x1, y1 = np.minimum(pts.max(0) + 1, [photo.shape[1], photo.shape[0]])
+    if x1 <= x0 or y1 <= y0:
+        return None
+    mask = np.zeros((y1 - y0, x1 - x0), np.uint8)  # only the eyes' box
+    for eye in (pts[:6], pts[6:]):
+        cv2.fillPoly(mask, [eye - [x0, y0]], 1)
     inside = mask.astype(bool)
     if inside.sum() < 30:
         return None
-    return float(np.percentile(photo[inside].astype(np.float32) @ np.asarray(LUMA, np.float32), 90))
+    return float(np.percentile(photo[y0:y1, x0:x1][inside].astype(np.float32) @ np.asarray(LUMA, np.float32), 90))
 
 
 def _lip_window(moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.ndarray, reach: float = 0.0):
@@ -292,7 +297,7 @@ def _carry_lips(flow: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, ux:
     below them (where the fold fades out)."""
     from affectedit.mouth import carry_lips
 
-    lip = float((moved[0, 57] - moved[0, 51]).norm())  # both lips' height and the opening: more than one lip's
+    lip = 1.3 * float(max((rest[0, 62] - rest[0, 51]).norm(), (rest[0, 57] - rest[0, 66]).norm()))  # where the fade ends
     win = _lip_window(moved, rest, ux, uy, reach=lip)
     if win is None:
         return flow
