@@ -293,8 +293,8 @@ def _lip_window(moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.
 
 def _carry_lips(flow: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.ndarray) -> torch.Tensor:
     """``flow`` (2 x h x w, sampled at the region's pixels) with the lips carried whole
-    (``mouth.carry_lips``) in the window around them, which reaches a lip's height above and
-    below them (where the fold fades out)."""
+    (``mouth.carry_lips``) in the window around them, which reaches 1.3 lip heights above and
+    below them (the carrying fades out within one lip's height of them)."""
     from affectedit.mouth import carry_lips
 
     lip = 1.3 * float(max((rest[0, 62] - rest[0, 51]).norm(), (rest[0, 57] - rest[0, 66]).norm()))  # where the fade ends
