@@ -293,11 +293,12 @@ def _lip_window(moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.
 
 def _carry_lips(flow: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.ndarray) -> torch.Tensor:
     """``flow`` (2 x h x w, sampled at the region's pixels) with the lips carried whole
-    (``mouth.carry_lips``) in the window around them, which reaches 1.3 lip heights above and
-    below them (the carrying fades out within one lip's height of them)."""
+    (``mouth.carry_lips``) in the window around them, which reaches the moved lips' whole height
+    above and below them (the carrying fades out within one lip's band of them; a window of 1.3
+    rest lip heights cut that fade short where a strong smile widened a band)."""
     from affectedit.mouth import carry_lips
 
-    lip = 1.3 * float(max((rest[0, 62] - rest[0, 51]).norm(), (rest[0, 57] - rest[0, 66]).norm()))  # where the fade ends
+    lip = float((moved[0, 57] - moved[0, 51]).norm())  # both lips and the opening: no lip's band (nor its fade) is taller
     win = _lip_window(moved, rest, ux, uy, reach=lip)
     if win is None:
         return flow
@@ -337,11 +338,11 @@ def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor,
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     undrawn = mask[0] < 0.01  # the window's pixels the drawing leaves: lips and skin
-    skin = grey[undrawn]
-    level = float(torch.quantile(skin[:: max(1, len(skin) // 4096)], 0.8)) if len(skin) else 185.0  # lit skin, not stubble
     if eyes is not None:  # the teeth's brightest as bright as the light makes real teeth
         colour = colour * min(max(TEETH_OVER_EYES * eyes / (255.0 * float(np.dot(TEETH, LUMA))), 0.6), 1.15)
     else:
+        skin = grey[undrawn]
+        level = float(torch.quantile(skin[:: max(1, len(skin) // 4096)], 0.8)) if len(skin) else 185.0  # lit skin, not stubble
         colour = colour * min(max(level / 185.0, 0.7), 1.1)
     fine = (grey - F.avg_pool2d(grey[None, None], 3, 1, 1, count_include_pad=False)[0, 0])[undrawn]
     grain = min(float(fine.abs().median()) * 1.25, MAX_GRAIN) if len(fine) else 0.0  # (a beard is not grain)
