@@ -136,20 +136,30 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         raise ValueError(f"{len(faces)} faces but {len(edit)} edits")
     edit = edit.to("cpu", torch.float32)
     for i, face in enumerate(faces):
+        one = edit[i]
+        t = np.asarray(face.transform, dtype=np.float64)
         x0, y0, x1, y1 = blend_region(face, W, H, feather)
+        mouth, lm, creasing = None, None, {}
+        if one.units is not None and x1 > x0 and y1 > y0:
+            from affectedit.creases import crease_units
+
+            creasing = crease_units(one.units) if CREASES else {}
+            if float(one.units[0, -1]) > MIN_OPENING or creasing:
+                from affectedit.photo_metrics import landmarks68
+
+                lm = landmarks68(out, face)
+            if creasing:  # the creases may reach above the face's ellipse (the forehead): the region grows to hold them
+                x0, y0, x1, y1 = _union((x0, y0, x1, y1), _crease_box(t, lm, creasing, W, H))
         if x1 <= x0 or y1 <= y0:
             continue
-        t = np.asarray(face.transform, dtype=np.float64)
         px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
         ux = t[0, 0] * px + t[0, 1] * py + t[0, 2]  # unit crop coordinates of the region's pixels
         uy = t[1, 0] * px + t[1, 1] * py + t[1, 2]
         alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
         grid = torch.from_numpy(np.stack([2 * ux - 1, 2 * uy - 1], -1).astype(np.float32))[None]
-        one = edit[i]
         parts = one.images()
-        mouth = None
-        if one.units is not None and float(one.units[0, -1]) > MIN_OPENING:
-            mouth = _face_mouth(out, face, one)
+        if lm is not None and float(one.units[0, -1]) > MIN_OPENING:
+            mouth = _face_mouth(out, face, one, lm)
             parts["flow"] = parts["flow"] + mouth[0]
         sampled = F.grid_sample(torch.cat(list(parts.values()), 1), grid, mode="bilinear", padding_mode="border",
                                 align_corners=False)[0] if parts else None
@@ -168,6 +178,8 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         if mouth is not None:
             edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]))
         blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
+        if creasing:
+            blended = _draw_creases(blended, f.get("flow"), alpha, ux, uy, lm, t, creasing)
         out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return Image.fromarray(out, "RGB")
 
@@ -230,7 +242,7 @@ MAX_GRAIN = 3.0
 MIN_OPENING = 0.02
 
 
-def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
+def _face_mouth(photo: np.ndarray, face, edit: CropEdit, lm: np.ndarray | None = None):
     """(flow correction 1 x 2 x S x S, moved and own landmarks 1 x 68 x 2 in unit crop coordinates, own
     landmarks 68 x 2 in photo pixels) of one face's opening mouth: the face's own 68 landmarks replace
     the mean face's where the opening moves pixels and where the mouth's inside is drawn."""
@@ -238,7 +250,7 @@ def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
     from affectedit.photo_metrics import landmarks68
 
     t = np.asarray(face.transform, dtype=np.float64)
-    lm = landmarks68(photo, face)
+    lm = landmarks68(photo, face) if lm is None else lm
     unit = lm @ t[:, :2].T + t[:, 2]  # photo pixels -> unit crop coordinates
     size = edit.mouth_flow.shape[-1]
     own = torch.from_numpy(flow_for(unit * size - 0.5, size)).float()
@@ -247,6 +259,45 @@ def _face_mouth(photo: np.ndarray, face, edit: CropEdit):
     own_lm = torch.from_numpy(unit).float()[None]
     moved = warped_landmarks(own_lm, edit.flow.float() + correction, edit.units.float())
     return correction, moved, own_lm, lm
+
+
+# Draw the expression creases of ``affectedit.creases`` (folds between lowered brows, lines across a
+# raised forehead) where the units ask for them.
+CREASES = True
+
+
+def _union(a, b):
+    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
+
+
+def _crease_box(t: np.ndarray, lm: np.ndarray, coefficients: dict, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the photo pixels the creases of ``coefficients`` can touch (``creases.extent``),
+    clipped to the photo."""
+    from affectedit.creases import extent
+
+    ex0, ey0, ex1, ey1 = extent(lm @ t[:, :2].T + t[:, 2], coefficients)
+    inv = np.linalg.inv(np.vstack([t, [0.0, 0.0, 1.0]]))[:2]
+    corners = np.array([[ex0, ey0, 1], [ex1, ey0, 1], [ex0, ey1, 1], [ex1, ey1, 1]]) @ inv.T
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 2
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 3
+    return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+
+
+def _draw_creases(blended: torch.Tensor, flow: torch.Tensor | None, alpha: torch.Tensor, ux: np.ndarray, uy: np.ndarray,
+                  lm: np.ndarray, t: np.ndarray, coefficients: dict) -> torch.Tensor:
+    """``blended`` (3 x h x w, 0-255: the region as the face's ellipse blended the edit in) times the
+    creases' shading (``creases.shading``), placed on the input face's own landmarks ``lm`` (68 x 2,
+    photo pixels) and read where the blended result reads the photo (the flow, 2 x h x w in
+    grid_sample units, as far as the ellipse's ``alpha`` lets it in), so that they move with the skin."""
+    from affectedit.creases import shading
+
+    rx, ry = torch.from_numpy(ux).float(), torch.from_numpy(uy).float()
+    if flow is not None:
+        rx, ry = rx + alpha * flow[0] / 2, ry + alpha * flow[1] / 2
+    unit = lm @ t[:, :2].T + t[:, 2]
+    pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))
+    shade = shading(rx, ry, unit, coefficients, pixel)
+    return blended if shade is None else blended * shade
 
 
 # The drawn teeth's brightness follows the photo's exposure through the whites of the eyes: on the

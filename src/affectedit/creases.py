@@ -1,0 +1,133 @@
+"""Expression creases: the skin's folds that some action units make, drawn as shading at the photo's
+own resolution.
+
+Moving pixels gives an expression its geometry, not its new appearance: lowered brows alone do not
+make the vertical furrows between them, nor raised inner brows the lines across the middle of the
+forehead. Where the warp head's unit coefficients (``basis.ACTION_UNITS``, scaled by the edit strength)
+ask for those movements, this module darkens thin valleys on the skin, each a soft Gaussian profile
+with a fainter lit ridge beside it, multiplied into the edited pixels (the photo's own texture and
+colour stay; only the light changes):
+
+- brow lowerer (AU 4): two near-vertical furrows between the inner brows (glabellar lines);
+- inner brow raiser (AU 1): three lines across the middle of the forehead;
+- outer brow raiser (AU 2): the same lines' outer parts.
+
+The creases are placed on the INPUT face from its own 68 landmarks (dlib, unit crop coordinates) and
+read where the backward flow reads the photo, so they move with the skin they are on. Sizes are in
+units of the distance between the eyes; a crease is never narrower than :data:`MIN_WIDTH` photo
+pixels. :data:`DEPTH` (the darkening per unit coefficient) was chosen on the calibration faces
+(docs/report/calibration).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from affectedit.basis import ACTION_UNITS
+
+__all__ = ["DEPTH", "MIN_COEFFICIENT", "MIN_WIDTH", "crease_units", "extent", "shading"]
+
+# The darkening at a crease's centre per unit coefficient (0.1 = 10% darker for a coefficient of 1).
+DEPTH = 0.06
+# A crease's half-width (the Gaussian's sigma) in eye distances, and its least, in photo pixels.
+WIDTH = 0.012
+MIN_WIDTH = 0.7
+# The lit ridge beside a crease, relative to its darkening, and how far from it (in widths).
+RIDGE, RIDGE_AT = 0.35, 2.2
+# Units below this coefficient draw nothing.
+MIN_COEFFICIENT = 0.05
+
+_NAMES = list(ACTION_UNITS)
+_CREASING = ("brow_lower", "inner_brow_raise", "outer_brow_raise")
+
+
+def crease_units(units: torch.Tensor) -> dict[str, float]:
+    """{unit name: coefficient} of one face's units (1 x (U + 1) or (U + 1)) that draw creases (those
+    at :data:`MIN_COEFFICIENT` or more)."""
+    u = units.reshape(-1)
+    out = {n: float(u[_NAMES.index(n)]) for n in _CREASING}
+    return {n: c for n, c in out.items() if c >= MIN_COEFFICIENT}
+
+
+def _segment(x, y, a, b, bow: float = 0.0):
+    """(s, d): for points (x, y), the position along the segment a -> b (0..1) and the signed distance
+    from it (positive to the left of a -> b, i.e. up for a segment drawn left to right in image
+    coordinates), the segment bowed by ``bow`` (the middle raised by bow, quadratically to the ends)."""
+    ax, ay = a
+    dx, dy = b[0] - ax, b[1] - ay
+    length2 = dx * dx + dy * dy
+    s = ((x - ax) * dx + (y - ay) * dy) / length2
+    d = ((x - ax) * dy - (y - ay) * dx) / np.sqrt(length2)  # left of the direction (up, for a -> b rightwards)
+    d = d - bow * 4 * s.clamp(0, 1) * (1 - s.clamp(0, 1))
+    return s, d
+
+
+def _taper(s, end: float = 0.2):
+    """1 along the middle of a crease, fading smoothly to 0 over ``end`` of its length at each end."""
+    t = ((0.5 - (s - 0.5).abs()) / end).clamp(0, 1)
+    return t * t * (3 - 2 * t)
+
+
+def _profile(d, width):
+    """The darkening (a Gaussian valley) minus the lit ridge on the upper/left side."""
+    dark = torch.exp(-0.5 * (d / width) ** 2)
+    ridge = torch.exp(-0.5 * ((d - RIDGE_AT * width) / (1.5 * width)) ** 2)
+    return dark - RIDGE * ridge
+
+
+# The forehead lines' heights above the brows' highest point (eye distances) and their strengths.
+_FOREHEAD = ((0.2, 1.0), (0.33, 0.85), (0.46, 0.6))
+_FOREHEAD_HALF = 0.95  # their half-length across the forehead, eye distances
+_WAVE = 0.012  # their waviness (eye distances)
+
+
+def _frame(lm: np.ndarray):
+    """(eye distance, centre x between the inner brows, the inner brows' mean y, the brows' highest y)."""
+    e = float(np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0)))
+    return e, float(lm[21, 0] + lm[22, 0]) / 2, float(lm[21, 1] + lm[22, 1]) / 2, float(min(lm[17:27, 1]))
+
+
+def extent(lm: np.ndarray, coefficients: dict[str, float]) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in the landmarks' coordinates: a box holding every crease of ``coefficients``
+    drawn on the face with landmarks ``lm`` (68 x 2)."""
+    e, cx, inner_y, top = _frame(np.asarray(lm, dtype=np.float64))
+    x0, y0, x1, y1 = cx - 0.2 * e, inner_y - 0.25 * e, cx + 0.2 * e, inner_y + 0.15 * e  # the glabellar lines
+    if coefficients.get("inner_brow_raise") or coefficients.get("outer_brow_raise"):
+        x0, x1 = min(x0, cx - _FOREHEAD_HALF * e), max(x1, cx + _FOREHEAD_HALF * e)
+        y0 = min(y0, top - (_FOREHEAD[-1][0] + 0.1) * e)
+    return x0, y0, x1, y1
+
+
+def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: dict[str, float], pixel: float,
+            depth: float | None = None) -> torch.Tensor | None:
+    """The factor (h x w, around 1) that draws the creases of ``coefficients`` (:func:`crease_units`)
+    on the input face whose 68 landmarks are ``lm`` (68 x 2, unit crop coordinates), at the read
+    positions (rx, ry) (h x w, unit crop coordinates: where each output pixel reads the input).
+    ``pixel``: one photo pixel in unit crop coordinates. None where nothing is drawn."""
+    depth = DEPTH if depth is None else depth
+    if not coefficients or depth <= 0:
+        return None
+    e, cx, inner_y, top = _frame(np.asarray(lm, dtype=np.float64))
+    width = max(WIDTH * e, MIN_WIDTH * pixel)
+    dark = torch.zeros_like(rx)
+    c4 = coefficients.get("brow_lower", 0.0)
+    if c4:
+        for side in (-1.0, 1.0):  # glabellar lines: from above the inner brows down toward the nose root, converging
+            a = (cx + side * 0.11 * e, inner_y - 0.17 * e)
+            b = (cx + side * 0.075 * e, inner_y + 0.07 * e)
+            s, d = _segment(rx, ry, a, b)
+            dark += c4 * _taper(s, 0.3) * _profile(-side * d, width)  # the ridge toward the middle
+    c1, c2 = coefficients.get("inner_brow_raise", 0.0), coefficients.get("outer_brow_raise", 0.0)
+    if c1 or c2:
+        half = _FOREHEAD_HALF * e
+        along = (rx - cx) / e
+        weight = (c1 * torch.exp(-0.5 * (along / 0.32) ** 2)
+                  + c2 * torch.exp(-0.5 * ((along.abs() - 0.55) / 0.25) ** 2))
+        for k, (height, w) in enumerate(_FOREHEAD):
+            y = top - height * e
+            s, d = _segment(rx, ry, (cx - half, y), (cx + half, y), bow=0.05 * e)
+            d = d + _WAVE * e * torch.sin(2.6 * torch.pi * along + 1.9 * k)  # skin folds are not ruled lines
+            dark += w * weight * _taper(s, 0.25) * _profile(d, width * (1 + 0.15 * k))
+    if not dark.any():
+        return None
+    return 1 - depth * dark
