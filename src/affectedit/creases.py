@@ -14,8 +14,7 @@ colour stay; only the light changes):
 
 The creases are placed on the INPUT face from its own 68 landmarks (dlib, unit crop coordinates) and
 read where the backward flow reads the photo, so they move with the skin they are on. Sizes are in
-units of the distance between the eyes; a crease is never narrower than :data:`MIN_WIDTH` photo
-pixels. :data:`DEPTH` (the darkening per unit coefficient) was chosen on the calibration faces
+units of the distance between the eyes, seen through the photo's blur (:data:`BLUR`). :data:`DEPTH` (the darkening per unit coefficient) was chosen on the calibration faces
 (docs/report/calibration).
 """
 from __future__ import annotations
@@ -25,20 +24,24 @@ import torch
 
 from affectedit.basis import ACTION_UNITS
 
-__all__ = ["DEPTH", "MIN_COEFFICIENT", "MIN_WIDTH", "crease_units", "extent", "shading"]
+__all__ = ["BLUR", "DEPTH", "MIN_COEFFICIENT", "WIDTH", "crease_units", "extent", "shading"]
 
 # The darkening at a crease's centre per unit coefficient (0.1 = 10% darker for a coefficient of 1).
 DEPTH = 0.06
-# A crease's half-width (the Gaussian's sigma) in eye distances, and its least, in photo pixels.
-WIDTH = 0.012
-MIN_WIDTH = 0.7
+# A crease's half-width (the Gaussian's sigma) in eye distances, and the photo's own blur (a
+# Gaussian's sigma, photo pixels) it is seen through: on a small face a fold of that width is wider
+# and fainter than the drawing's, as the camera would have shown it.
+WIDTH = 0.02
+BLUR = 1.0
 # The lit ridge beside a crease, relative to its darkening, and how far from it (in widths).
 RIDGE, RIDGE_AT = 0.35, 2.2
+# How far a crease's profile reaches (in widths; its values there are below 1e-4).
+_REACH = 8.0
 # Units below this coefficient draw nothing.
 MIN_COEFFICIENT = 0.05
 
 _NAMES = list(ACTION_UNITS)
-_CREASING = ("brow_lower", "inner_brow_raise", "outer_brow_raise")
+_CREASING = ("brow_lower", "inner_brow_raise", "outer_brow_raise", "lip_corner_pull", "chin_raise")
 
 
 def crease_units(units: torch.Tensor) -> dict[str, float]:
@@ -72,13 +75,14 @@ def _profile(d, width):
     """The darkening (a Gaussian valley) minus the lit ridge on the upper/left side."""
     dark = torch.exp(-0.5 * (d / width) ** 2)
     ridge = torch.exp(-0.5 * ((d - RIDGE_AT * width) / (1.5 * width)) ** 2)
-    return dark - RIDGE * ridge
+    return (dark - RIDGE * ridge) * (d.abs() < _REACH * width)  # nothing beyond its reach (extent's box)
 
 
 # The forehead lines' heights above the brows' highest point (eye distances) and their strengths.
 _FOREHEAD = ((0.2, 1.0), (0.33, 0.85), (0.46, 0.6))
 _FOREHEAD_HALF = 0.95  # their half-length across the forehead, eye distances
 _WAVE = 0.012  # their waviness (eye distances)
+_BOW = 0.05  # how much higher their middle is than their ends (eye distances)
 
 
 def _frame(lm: np.ndarray):
@@ -91,10 +95,16 @@ def extent(lm: np.ndarray, coefficients: dict[str, float]) -> tuple[float, float
     """(x0, y0, x1, y1) in the landmarks' coordinates: a box holding every crease of ``coefficients``
     drawn on the face with landmarks ``lm`` (68 x 2)."""
     e, cx, inner_y, top = _frame(np.asarray(lm, dtype=np.float64))
-    x0, y0, x1, y1 = cx - 0.2 * e, inner_y - 0.25 * e, cx + 0.2 * e, inner_y + 0.15 * e  # the glabellar lines
+    x0, y0, x1, y1 = cx - 0.25 * e, inner_y - 0.35 * e, cx + 0.25 * e, inner_y + 0.15 * e  # the glabellar lines
+    if coefficients.get("lip_corner_pull"):
+        x0, x1 = min(x0, float(min(lm[31, 0], lm[48, 0])) - 0.35 * e), max(x1, float(max(lm[35, 0], lm[54, 0])) + 0.35 * e)
+        y1 = max(y1, float(max(lm[48, 1], lm[54, 1])) + 0.35 * e)
+    if coefficients.get("chin_raise"):
+        x0, x1 = min(x0, float(lm[57, 0]) - 0.3 * e), max(x1, float(lm[57, 0]) + 0.3 * e)
+        y1 = max(y1, float(lm[57, 1] + 0.33 * (lm[8, 1] - lm[57, 1])) + 0.3 * e)
     if coefficients.get("inner_brow_raise") or coefficients.get("outer_brow_raise"):
         x0, x1 = min(x0, cx - _FOREHEAD_HALF * e), max(x1, cx + _FOREHEAD_HALF * e)
-        y0 = min(y0, top - (_FOREHEAD[-1][0] + 0.1) * e)
+        y0 = min(y0, top - (_FOREHEAD[-1][0] + _BOW + _WAVE + _REACH * WIDTH * 1.5) * e)
     return x0, y0, x1, y1
 
 
@@ -108,15 +118,17 @@ def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: di
     if not coefficients or depth <= 0:
         return None
     e, cx, inner_y, top = _frame(np.asarray(lm, dtype=np.float64))
-    width = max(WIDTH * e, MIN_WIDTH * pixel)
+    # as a photo's own blur (BLUR pixels) would show the fold: wider and fainter on a small face
+    width = float(np.hypot(WIDTH * e, BLUR * pixel))
+    depth = depth * WIDTH * e / width
     dark = torch.zeros_like(rx)
     c4 = coefficients.get("brow_lower", 0.0)
     if c4:
         for side in (-1.0, 1.0):  # glabellar lines: from above the inner brows down toward the nose root, converging
-            a = (cx + side * 0.11 * e, inner_y - 0.17 * e)
+            a = (cx + side * 0.12 * e, inner_y - 0.26 * e)
             b = (cx + side * 0.075 * e, inner_y + 0.07 * e)
             s, d = _segment(rx, ry, a, b)
-            dark += c4 * _taper(s, 0.3) * _profile(-side * d, width)  # the ridge toward the middle
+            dark += c4 * _taper(s, 0.3) * _profile(-side * d, 0.7 * width)  # narrower; the ridge toward the middle
     c1, c2 = coefficients.get("inner_brow_raise", 0.0), coefficients.get("outer_brow_raise", 0.0)
     if c1 or c2:
         half = _FOREHEAD_HALF * e
@@ -125,9 +137,24 @@ def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: di
                   + c2 * torch.exp(-0.5 * ((along.abs() - 0.55) / 0.25) ** 2))
         for k, (height, w) in enumerate(_FOREHEAD):
             y = top - height * e
-            s, d = _segment(rx, ry, (cx - half, y), (cx + half, y), bow=0.05 * e)
+            s, d = _segment(rx, ry, (cx - half, y), (cx + half, y), bow=_BOW * e)
             d = d + _WAVE * e * torch.sin(2.6 * torch.pi * along + 1.9 * k)  # skin folds are not ruled lines
             dark += w * weight * _taper(s, 0.25) * _profile(d, width * (1 + 0.15 * k))
+    c12 = coefficients.get("lip_corner_pull", 0.0)
+    if c12:
+        for side, nose, corner in ((-1.0, lm[31], lm[48]), (1.0, lm[35], lm[54])):
+            # nasolabial folds: from beside the nose's wing to beside and below the mouth's corner,
+            # bowed outward; deepest by the nose, the lit cheek outside
+            a = (nose[0] + side * 0.10 * e, nose[1] - 0.04 * e)
+            b = (corner[0] + side * 0.10 * e, corner[1] + 0.14 * e)
+            s, d = _segment(rx, ry, a, b, bow=side * 0.04 * e)
+            dark += c12 * (1 - 0.5 * s.clamp(0, 1)) * _taper(s, 0.25) * _profile(side * d, width * 1.3)
+    c17 = coefficients.get("chin_raise", 0.0)
+    if c17:  # the fold between the lower lip and the raised chin, the chin's bulge lit below it
+        y = float(lm[57, 1]) + 0.33 * float(lm[8, 1] - lm[57, 1])
+        x = float(lm[57, 0])
+        s, d = _segment(rx, ry, (x - 0.22 * e, y), (x + 0.22 * e, y), bow=-0.03 * e)
+        dark += c17 * _taper(s, 0.35) * _profile(-d, width)
     if not dark.any():
         return None
     return 1 - depth * dark
