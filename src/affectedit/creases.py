@@ -10,7 +10,11 @@ colour stay; only the light changes):
 
 - brow lowerer (AU 4): two near-vertical furrows between the inner brows (glabellar lines);
 - inner brow raiser (AU 1): three lines across the middle of the forehead;
-- outer brow raiser (AU 2): the same lines' outer parts.
+- outer brow raiser (AU 2): the same lines' outer parts;
+- lip corner puller (AU 12): the nasolabial folds, from beside the nose's wings to past the mouth's
+  corners; with the lower lids raised as well (the cheek raiser, AU 6, of a felt smile), crow's feet
+  fanning out from the eyes' outer corners;
+- chin raiser (AU 17): the fold between the lower lip and the raised chin.
 
 The creases are placed on the INPUT face from its own 68 landmarks (dlib, unit crop coordinates) and
 read where the backward flow reads the photo, so they move with the skin they are on. Sizes are in
@@ -27,7 +31,7 @@ from affectedit.basis import ACTION_UNITS
 __all__ = ["BLUR", "DEPTH", "MIN_COEFFICIENT", "WIDTH", "crease_units", "extent", "shading"]
 
 # The darkening at a crease's centre per unit coefficient (0.1 = 10% darker for a coefficient of 1).
-DEPTH = 0.06
+DEPTH = 0.1
 # A crease's half-width (the Gaussian's sigma) in eye distances, and the photo's own blur (a
 # Gaussian's sigma, photo pixels) it is seen through: on a small face a fold of that width is wider
 # and fainter than the drawing's, as the camera would have shown it.
@@ -41,7 +45,7 @@ _REACH = 8.0
 MIN_COEFFICIENT = 0.05
 
 _NAMES = list(ACTION_UNITS)
-_CREASING = ("brow_lower", "inner_brow_raise", "outer_brow_raise", "lip_corner_pull", "chin_raise")
+_CREASING = ("brow_lower", "inner_brow_raise", "outer_brow_raise", "lower_lid_raise", "lip_corner_pull", "chin_raise")
 
 
 def crease_units(units: torch.Tensor) -> dict[str, float]:
@@ -50,6 +54,21 @@ def crease_units(units: torch.Tensor) -> dict[str, float]:
     u = units.reshape(-1)
     out = {n: float(u[_NAMES.index(n)]) for n in _CREASING}
     return {n: c for n, c in out.items() if c >= MIN_COEFFICIENT}
+
+
+def _near(x, y, points, reach: float):
+    """The rows and columns (slices) of the grid (x, y) (h x w) within ``reach`` of the box around
+    ``points``; None when no point of the grid is there. A crease is computed only there."""
+    px, py = [p[0] for p in points], [p[1] for p in points]
+    step = 4  # looked for on every 4th row and column (the read positions are smooth), then widened by as much
+    xs, ys = x[::step, ::step], y[::step, ::step]
+    inside = (xs >= min(px) - reach) & (xs <= max(px) + reach) & (ys >= min(py) - reach) & (ys <= max(py) + reach)
+    rows, cols = inside.any(1).nonzero()[:, 0], inside.any(0).nonzero()[:, 0]
+    if not len(rows):
+        return None
+    h, w = x.shape
+    return (slice(max(int(rows[0]) * step - step, 0), min(int(rows[-1]) * step + step + 1, h)),
+            slice(max(int(cols[0]) * step - step, 0), min(int(cols[-1]) * step + step + 1, w)))
 
 
 def _segment(x, y, a, b, bow: float = 0.0):
@@ -96,6 +115,9 @@ def extent(lm: np.ndarray, coefficients: dict[str, float]) -> tuple[float, float
     drawn on the face with landmarks ``lm`` (68 x 2)."""
     e, cx, inner_y, top = _frame(np.asarray(lm, dtype=np.float64))
     x0, y0, x1, y1 = cx - 0.25 * e, inner_y - 0.35 * e, cx + 0.25 * e, inner_y + 0.15 * e  # the glabellar lines
+    if coefficients.get("lip_corner_pull") and coefficients.get("lower_lid_raise"):  # crow's feet
+        x0, x1 = min(x0, float(lm[36, 0]) - 0.45 * e), max(x1, float(lm[45, 0]) + 0.45 * e)
+        y0, y1 = min(y0, float(min(lm[36, 1], lm[45, 1])) - 0.35 * e), max(y1, float(max(lm[36, 1], lm[45, 1])) + 0.35 * e)
     if coefficients.get("lip_corner_pull"):
         x0, x1 = min(x0, float(min(lm[31, 0], lm[48, 0])) - 0.35 * e), max(x1, float(max(lm[35, 0], lm[54, 0])) + 0.35 * e)
         y1 = max(y1, float(max(lm[48, 1], lm[54, 1])) + 0.35 * e)
@@ -122,39 +144,57 @@ def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: di
     width = float(np.hypot(WIDTH * e, BLUR * pixel))
     depth = depth * WIDTH * e / width
     dark = torch.zeros_like(rx)
+    reach = _REACH * 1.3 * width + (_BOW + _WAVE) * e  # no profile, bow or wave reaches farther from its segment
+
+    def crease(a, b, strength, profile_sign: float, w: float, end: float, bow: float = 0.0, wave=None, fade: float = 0.0):
+        win = _near(rx, ry, (a, b), reach)
+        if win is None:
+            return
+        x, y = rx[win], ry[win]
+        s, d = _segment(x, y, a, b, bow)
+        if wave is not None:  # skin folds are not ruled lines
+            d = d + _WAVE * e * torch.sin(2.6 * torch.pi * (x - cx) / e + wave)
+        k = strength(x) if callable(strength) else strength
+        if fade:
+            k = k * (1 - fade * s.clamp(0, 1))
+        dark[win] += k * _taper(s, end) * _profile(profile_sign * d, w)
+
     c4 = coefficients.get("brow_lower", 0.0)
     if c4:
         for side in (-1.0, 1.0):  # glabellar lines: from above the inner brows down toward the nose root, converging
-            a = (cx + side * 0.12 * e, inner_y - 0.26 * e)
-            b = (cx + side * 0.075 * e, inner_y + 0.07 * e)
-            s, d = _segment(rx, ry, a, b)
-            dark += c4 * _taper(s, 0.3) * _profile(-side * d, 0.7 * width)  # narrower; the ridge toward the middle
+            crease((cx + side * 0.12 * e, inner_y - 0.26 * e), (cx + side * 0.075 * e, inner_y + 0.07 * e), c4,
+                   -side, 0.7 * width, 0.3)  # narrower; the ridge toward the middle
     c1, c2 = coefficients.get("inner_brow_raise", 0.0), coefficients.get("outer_brow_raise", 0.0)
     if c1 or c2:
         half = _FOREHEAD_HALF * e
-        along = (rx - cx) / e
-        weight = (c1 * torch.exp(-0.5 * (along / 0.32) ** 2)
-                  + c2 * torch.exp(-0.5 * ((along.abs() - 0.55) / 0.25) ** 2))
+
+        def across(x):  # the middle for the inner brows' raise, the sides for the outer brows'
+            along = (x - cx) / e
+            return c1 * torch.exp(-0.5 * (along / 0.32) ** 2) + c2 * torch.exp(-0.5 * ((along.abs() - 0.55) / 0.25) ** 2)
+
         for k, (height, w) in enumerate(_FOREHEAD):
             y = top - height * e
-            s, d = _segment(rx, ry, (cx - half, y), (cx + half, y), bow=_BOW * e)
-            d = d + _WAVE * e * torch.sin(2.6 * torch.pi * along + 1.9 * k)  # skin folds are not ruled lines
-            dark += w * weight * _taper(s, 0.25) * _profile(d, width * (1 + 0.15 * k))
+            crease((cx - half, y), (cx + half, y), lambda x, w=w: w * across(x), 1.0, width * (1 + 0.15 * k), 0.25,
+                   bow=_BOW * e, wave=1.9 * k)
     c12 = coefficients.get("lip_corner_pull", 0.0)
     if c12:
         for side, nose, corner in ((-1.0, lm[31], lm[48]), (1.0, lm[35], lm[54])):
             # nasolabial folds: from beside the nose's wing to beside and below the mouth's corner,
             # bowed outward; deepest by the nose, the lit cheek outside
-            a = (nose[0] + side * 0.10 * e, nose[1] - 0.04 * e)
-            b = (corner[0] + side * 0.10 * e, corner[1] + 0.14 * e)
-            s, d = _segment(rx, ry, a, b, bow=side * 0.04 * e)
-            dark += c12 * (1 - 0.5 * s.clamp(0, 1)) * _taper(s, 0.25) * _profile(side * d, width * 1.3)
+            crease((nose[0] + side * 0.10 * e, nose[1] - 0.04 * e), (corner[0] + side * 0.10 * e, corner[1] + 0.14 * e),
+                   c12, side, 1.3 * width, 0.25, bow=side * 0.04 * e, fade=0.5)
+    c6 = min(coefficients.get("lower_lid_raise", 0.0), c12)  # the cheek raiser of a smile, not tightened lids
+    if c6 >= MIN_COEFFICIENT:
+        for side, corner in ((-1.0, lm[36]), (1.0, lm[45])):  # crow's feet: short lines fanning out from the eye's outer corner
+            for angle, k in ((0.55, 0.7), (0.05, 1.0), (-0.45, 0.8)):
+                direction = np.array([side * np.cos(angle), -np.sin(angle)])
+                a, b = corner + 0.08 * e * direction, corner + 0.32 * e * direction
+                crease(tuple(a), tuple(b), c6 * k, side if angle >= 0 else -side, 0.6 * width, 0.35)
     c17 = coefficients.get("chin_raise", 0.0)
     if c17:  # the fold between the lower lip and the raised chin, the chin's bulge lit below it
         y = float(lm[57, 1]) + 0.33 * float(lm[8, 1] - lm[57, 1])
         x = float(lm[57, 0])
-        s, d = _segment(rx, ry, (x - 0.22 * e, y), (x + 0.22 * e, y), bow=-0.03 * e)
-        dark += c17 * _taper(s, 0.35) * _profile(-d, width)
+        crease((x - 0.22 * e, y), (x + 0.22 * e, y), c17, -1.0, width, 0.35, bow=-0.03 * e)
     if not dark.any():
         return None
     return 1 - depth * dark

@@ -148,8 +148,6 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
                 from affectedit.photo_metrics import landmarks68
 
                 lm = landmarks68(out, face)
-            if creasing:  # the creases may reach above the face's ellipse (the forehead): the region grows to hold them
-                x0, y0, x1, y1 = _union((x0, y0, x1, y1), _crease_box(t, lm, creasing, W, H))
         if x1 <= x0 or y1 <= y0:
             continue
         px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
@@ -181,6 +179,8 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         if creasing:
             blended = _draw_creases(blended, f.get("flow"), alpha, ux, uy, lm, t, creasing)
         out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        if creasing:  # the creases reach above the face's ellipse (the forehead), where no pixel moves
+            _draw_creases_beyond(out, (x0, y0, x1, y1), lm, t, creasing)
     return Image.fromarray(out, "RGB")
 
 
@@ -266,10 +266,6 @@ def _face_mouth(photo: np.ndarray, face, edit: CropEdit, lm: np.ndarray | None =
 CREASES = True
 
 
-def _union(a, b):
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
 def _crease_box(t: np.ndarray, lm: np.ndarray, coefficients: dict, width: int, height: int) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1): the photo pixels the creases of ``coefficients`` can touch (``creases.extent``),
     clipped to the photo."""
@@ -281,6 +277,31 @@ def _crease_box(t: np.ndarray, lm: np.ndarray, coefficients: dict, width: int, h
     x0, y0 = np.floor(corners.min(0)).astype(int) - 2
     x1, y1 = np.ceil(corners.max(0)).astype(int) + 3
     return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
+
+
+def _draw_creases_beyond(out: np.ndarray, region: tuple[int, int, int, int], lm: np.ndarray, t: np.ndarray,
+                         coefficients: dict) -> None:
+    """Draw (in place, on ``out``: H x W x 3 uint8) the creases' part outside ``region`` (x0, y0, x1,
+    y1: the pixels the face's blend already went through, creases included), where the edit moves
+    nothing."""
+    from affectedit.creases import shading
+
+    H, W = out.shape[:2]
+    bx0, by0, bx1, by1 = _crease_box(t, lm, coefficients, W, H)
+    x0, y0, x1, y1 = region
+    unit, pixel = lm @ t[:, :2].T + t[:, 2], float(np.sqrt(abs(np.linalg.det(t[:, :2]))))
+    mid0, mid1 = max(by0, y0), min(by1, y1)
+    for rx0, ry0, rx1, ry1 in ((bx0, by0, bx1, min(by1, y0)), (bx0, max(by0, y1), bx1, by1),  # above, below the region
+                               (bx0, mid0, min(bx1, x0), mid1), (max(bx0, x1), mid0, bx1, mid1)):  # left, right of it
+        if rx1 <= rx0 or ry1 <= ry0:
+            continue
+        px, py = np.meshgrid(np.arange(rx0, rx1, dtype=np.float64), np.arange(ry0, ry1, dtype=np.float64))
+        rx = torch.from_numpy(t[0, 0] * px + t[0, 1] * py + t[0, 2]).float()
+        ry = torch.from_numpy(t[1, 0] * px + t[1, 1] * py + t[1, 2]).float()
+        shade = shading(rx, ry, unit, coefficients, pixel)
+        if shade is not None:
+            part = out[ry0:ry1, rx0:rx1]
+            part[:] = np.clip(np.round(part * shade.numpy()[..., None]), 0, 255).astype(np.uint8)
 
 
 def _draw_creases(blended: torch.Tensor, flow: torch.Tensor | None, alpha: torch.Tensor, ux: np.ndarray, uy: np.ndarray,
