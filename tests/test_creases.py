@@ -61,6 +61,7 @@ def test_only_the_creasing_units_above_the_threshold_draw():
     assert crease_units(_units(brow_lower=0.01, lip_corner_pull=-0.2)) == {}
     assert set(crease_units(_units(brow_lower=1.0, inner_brow_raise=0.5, chin_raise=1.0, lip_corner_pull=1.0, lip_press=1.0))) == {
         "brow_lower", "inner_brow_raise", "chin_raise", "lip_corner_pull"}
+    assert set(crease_units(_units(lower_lid_raise=1.0, lip_corner_pull=1.0))) == {"lower_lid_raise", "lip_corner_pull"}
     ux, uy = _grid()
     assert shading(ux, uy, np.zeros((68, 2)) + np.arange(68)[:, None] / 68, {}, PIXEL) is None
 

@@ -53,7 +53,10 @@ def crease_units(units: torch.Tensor) -> dict[str, float]:
     at :data:`MIN_COEFFICIENT` or more)."""
     u = units.reshape(-1)
     out = {n: float(u[_NAMES.index(n)]) for n in _CREASING}
-    return {n: c for n, c in out.items() if c >= MIN_COEFFICIENT}
+    out = {n: c for n, c in out.items() if c >= MIN_COEFFICIENT}
+    if "lip_corner_pull" not in out:  # raised lower lids crease only with a smile (the cheek raiser, not tightened lids)
+        out.pop("lower_lid_raise", None)
+    return out
 
 
 def _near(x, y, points, reach: float):
