@@ -95,6 +95,12 @@ def test_a_smile_folds_from_the_nose_past_the_mouth_corners_and_a_raised_chin_be
     # nothing on the lips, between the nose and the mouth's middle, or on the chin
     for point in [unit[51], unit[57], (unit[33] + unit[51]) / 2, unit[8]]:
         assert abs(_at(smile, point[0], point[1]) - 1) < 1e-3
+    # a felt smile (the cheeks raised too) adds crow's feet beside the eyes' outer corners; a smile alone does not
+    felt = shading(ux, uy, unit, {"lip_corner_pull": 1.5, "lower_lid_raise": 1.5}, PIXEL, depth=0.1)
+    for side, corner in ((-1, unit[36]), (1, unit[45])):
+        beside = (slice(_i(corner[1] - 0.1 * e), _i(corner[1] + 0.1 * e)),
+                  slice(*sorted((_i(corner[0] + side * 0.1 * e), _i(corner[0] + side * 0.3 * e)))))
+        assert float(felt[beside].min()) < 0.95 and float((smile[beside] - 1).abs().max()) < 1e-3
     chin = shading(ux, uy, unit, {"chin_raise": 1.5}, PIXEL, depth=0.1)
     column = chin[_i(unit[57, 1]):_i(unit[8, 1]), _i(unit[57, 0])]
     darkest = _i(unit[57, 1]) + int(column.argmin())
