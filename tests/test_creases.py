@@ -156,20 +156,25 @@ def test_photo_gets_creases_on_its_forehead_and_they_move_with_the_skin(portrait
 
 def test_creases_move_with_the_skin(portrait):
     """Placed on the input's landmarks and read where the flow reads the photo: a flow that reads
-    from lower down (the skin moves up) moves the creases up with it, as far as the ellipse lets it in."""
+    from lower down (the skin moves up) moves the creases up with it, as far as the ellipse lets it in;
+    beyond the face's region nothing moves."""
     img, face, lm, unit = portrait
     t = np.asarray(face.transform, dtype=np.float64)
-    ux, uy = (v.numpy().astype(np.float64) for v in _grid())
-    flat = torch.full((3, SIZE, SIZE), 200.0)
+    e = np.linalg.norm(lm[42:48].mean(0) - lm[36:42].mean(0))
+    cx, top = int((lm[21, 0] + lm[22, 0]) / 2), int(lm[17:27, 1].min())
+    box = (cx - 60, int(top - 0.8 * e), cx + 60, top)  # the middle of the forehead, photo pixels
+    h, w = box[3] - box[1], box[2] - box[0]
     coefficients = {"inner_brow_raise": 2.0}
-    zero = torch.zeros(2, SIZE, SIZE)
+    zero = torch.zeros(2, h, w)
     down = zero.clone()
     down[1] = 0.04  # grid_sample units: 0.02 of the crop
+    pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
 
-    def darkest_row(flow, alpha):
-        out = warp._draw_creases(flat, flow, alpha, ux, uy, lm, t, coefficients)
-        return int(out[0, :, _i((unit[21, 0] + unit[22, 0]) / 2)].argmin())
+    def darkest_row(flow, alpha, region=box):
+        shade, _ = warp._crease_shade(box, region, flow, alpha, lm, t, coefficients)
+        return int(shade[:, w // 2].argmin())
 
-    still = darkest_row(zero, torch.ones(SIZE, SIZE))
-    assert darkest_row(down, torch.ones(SIZE, SIZE)) == pytest.approx(still - 0.02 / PIXEL, abs=1.5)
-    assert darkest_row(down, torch.zeros(SIZE, SIZE)) == still  # outside the face's ellipse nothing moves
+    still = darkest_row(zero, torch.ones(h, w))
+    assert darkest_row(down, torch.ones(h, w)) == pytest.approx(still - 0.02 / pixel, abs=1.5)
+    assert darkest_row(down, torch.zeros(h, w)) == still  # outside the face's ellipse nothing moves
+    assert darkest_row(down, torch.ones(h, w), region=(0, 0, 10, 10)) == still  # nor beyond its region

@@ -147,9 +147,8 @@ def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: di
     width = float(np.hypot(WIDTH * e, BLUR * pixel))
     depth = depth * WIDTH * e / width
     dark = torch.zeros_like(rx)
-    reach = _REACH * 1.3 * width + (_BOW + _WAVE) * e  # no profile, bow or wave reaches farther from its segment
-
     def crease(a, b, strength, profile_sign: float, w: float, end: float, bow: float = 0.0, wave=None, fade: float = 0.0):
+        reach = _REACH * w + abs(bow) + (_WAVE * e if wave is not None else 0.0)  # its profile, bow and wave reach no farther
         win = _near(rx, ry, (a, b), reach)
         if win is None:
             return

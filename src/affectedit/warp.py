@@ -176,11 +176,19 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         if mouth is not None:
             edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]))
         blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
+        creases = None
         if creasing:
-            blended = _draw_creases(blended, f.get("flow"), alpha, ux, uy, lm, t, creasing)
+            box = _crease_box(t, lm, creasing, W, H)
+            creases = _crease_shade(box, (x0, y0, x1, y1), f.get("flow"), alpha, lm, t, creasing)
+            if creases is not None and creases[1] is not None:  # the part on the region
+                blended[:, creases[1][1][0], creases[1][1][1]] *= creases[0][creases[1][0]]
         out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        if creasing:  # the creases reach above the face's ellipse (the forehead), where no pixel moves
-            _draw_creases_beyond(out, (x0, y0, x1, y1), lm, t, creasing)
+        if creases is not None and not (x0 <= box[0] and y0 <= box[1] and box[2] <= x1 and box[3] <= y1):
+            shade, overlap = creases  # the part beyond the region (the forehead above the ellipse), where nothing moves
+            if overlap is not None:
+                shade[overlap[0]] = 1.0
+            part = out[box[1]:box[3], box[0]:box[2]]
+            part[:] = np.clip(np.round(part * shade.numpy()[..., None]), 0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")
 
 
@@ -279,46 +287,33 @@ def _crease_box(t: np.ndarray, lm: np.ndarray, coefficients: dict, width: int, h
     return max(int(x0), 0), max(int(y0), 0), min(int(x1), width), min(int(y1), height)
 
 
-def _draw_creases_beyond(out: np.ndarray, region: tuple[int, int, int, int], lm: np.ndarray, t: np.ndarray,
-                         coefficients: dict) -> None:
-    """Draw (in place, on ``out``: H x W x 3 uint8) the creases' part outside ``region`` (x0, y0, x1,
-    y1: the pixels the face's blend already went through, creases included), where the edit moves
-    nothing."""
+def _crease_shade(box: tuple[int, int, int, int], region: tuple[int, int, int, int], flow: torch.Tensor | None,
+                  alpha: torch.Tensor, lm: np.ndarray, t: np.ndarray, coefficients: dict):
+    """The creases' shading (``creases.shading``, bh x bw) over the photo pixels of ``box`` (x0, y0, x1,
+    y1), placed on the input face's own landmarks ``lm`` (68 x 2, photo pixels) and read where the
+    edited photo reads the input: within ``region`` (the face's blend region) moved by its flow (2 x h
+    x w, grid_sample units) as far as the ellipse's ``alpha`` lets it in, so that the creases move
+    with the skin; beyond it (the forehead above the ellipse) where nothing moves. Also returns the
+    slices of the box and the region where they overlap (None when they do not). None where nothing
+    is drawn."""
     from affectedit.creases import shading
 
-    H, W = out.shape[:2]
-    bx0, by0, bx1, by1 = _crease_box(t, lm, coefficients, W, H)
+    bx0, by0, bx1, by1 = box
     x0, y0, x1, y1 = region
-    unit, pixel = lm @ t[:, :2].T + t[:, 2], float(np.sqrt(abs(np.linalg.det(t[:, :2]))))
-    mid0, mid1 = max(by0, y0), min(by1, y1)
-    for rx0, ry0, rx1, ry1 in ((bx0, by0, bx1, min(by1, y0)), (bx0, max(by0, y1), bx1, by1),  # above, below the region
-                               (bx0, mid0, min(bx1, x0), mid1), (max(bx0, x1), mid0, bx1, mid1)):  # left, right of it
-        if rx1 <= rx0 or ry1 <= ry0:
-            continue
-        px, py = np.meshgrid(np.arange(rx0, rx1, dtype=np.float64), np.arange(ry0, ry1, dtype=np.float64))
-        rx = torch.from_numpy(t[0, 0] * px + t[0, 1] * py + t[0, 2]).float()
-        ry = torch.from_numpy(t[1, 0] * px + t[1, 1] * py + t[1, 2]).float()
-        shade = shading(rx, ry, unit, coefficients, pixel)
-        if shade is not None:
-            part = out[ry0:ry1, rx0:rx1]
-            part[:] = np.clip(np.round(part * shade.numpy()[..., None]), 0, 255).astype(np.uint8)
-
-
-def _draw_creases(blended: torch.Tensor, flow: torch.Tensor | None, alpha: torch.Tensor, ux: np.ndarray, uy: np.ndarray,
-                  lm: np.ndarray, t: np.ndarray, coefficients: dict) -> torch.Tensor:
-    """``blended`` (3 x h x w, 0-255: the region as the face's ellipse blended the edit in) times the
-    creases' shading (``creases.shading``), placed on the input face's own landmarks ``lm`` (68 x 2,
-    photo pixels) and read where the blended result reads the photo (the flow, 2 x h x w in
-    grid_sample units, as far as the ellipse's ``alpha`` lets it in), so that they move with the skin."""
-    from affectedit.creases import shading
-
-    rx, ry = torch.from_numpy(ux).float(), torch.from_numpy(uy).float()
-    if flow is not None:
-        rx, ry = rx + alpha * flow[0] / 2, ry + alpha * flow[1] / 2
-    unit = lm @ t[:, :2].T + t[:, 2]
-    pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))
-    shade = shading(rx, ry, unit, coefficients, pixel)
-    return blended if shade is None else blended * shade
+    px, py = np.meshgrid(np.arange(bx0, bx1, dtype=np.float64), np.arange(by0, by1, dtype=np.float64))
+    rx = torch.from_numpy(t[0, 0] * px + t[0, 1] * py + t[0, 2]).float()
+    ry = torch.from_numpy(t[1, 0] * px + t[1, 1] * py + t[1, 2]).float()
+    ox0, oy0, ox1, oy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
+    overlap = None
+    if ox1 > ox0 and oy1 > oy0:
+        overlap = ((slice(oy0 - by0, oy1 - by0), slice(ox0 - bx0, ox1 - bx0)),
+                   (slice(oy0 - y0, oy1 - y0), slice(ox0 - x0, ox1 - x0)))
+        if flow is not None:
+            (b, r) = overlap
+            rx[b] += alpha[r] * flow[0][r] / 2
+            ry[b] += alpha[r] * flow[1][r] / 2
+    shade = shading(rx, ry, lm @ t[:, :2].T + t[:, 2], coefficients, float(np.sqrt(abs(np.linalg.det(t[:, :2])))))
+    return None if shade is None else (shade, overlap)
 
 
 # The drawn teeth's brightness follows the photo's exposure through the whites of the eyes: on the
