@@ -129,3 +129,35 @@ def test_expression_targets_and_loss():
     assert right < wrong
     assert total_variation(torch.ones(2, 1, 4, 4)).abs().max() == 0
     assert total_variation(torch.eye(4).view(1, 1, 4, 4)).item() > 0
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_basis_heads_skip_the_unused_pixel_layers_with_the_same_fields(training):
+    # motion and appearance along fixed bases read everything from the FC trunk: the transposed
+    # convolutions are not run, and the fields (and their gradients) are what running them gives
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open"]).model
+    torch.manual_seed(0)
+    m = build_models(cfg)
+    g = m["generator"].train(training)
+    assert not g.pixels_used
+    with torch.no_grad():
+        for p in g.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        g.motion_basis.normal_()
+        g.basis.normal_()
+        g.rest_landmarks.copy_(torch.rand(68, 2) * 0.5 + 0.25)
+    s = cfg.image_size
+    x = torch.rand(2, 3, s, s) * 2 - 1
+    y = torch.tensor([[0.8, 0.5], [-0.6, 0.4]])
+    code = m["encoder"](x).detach()
+    calls = []
+    hook = g.deconvs[0].register_forward_hook(lambda *a: calls.append(1))
+    skipped = g(code, y)
+    g.pixels_used = True
+    full = g(code, y)
+    hook.remove()
+    assert len(calls) == 1  # only the run with pixels_used computed them
+    for name in ("flow", "mask", "colour", "delta", "units", "mouth_flow"):
+        a, b = getattr(skipped, name), getattr(full, name)
+        assert a.shape == b.shape and torch.equal(a, b), name
+    assert build_models(get_config("tiny", ["model.head=warp"]).model)["generator"].pixels_used

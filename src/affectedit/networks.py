@@ -262,6 +262,11 @@ class WarpGenerator(Generator):
             self.register_buffer("motion_basis", torch.zeros(fields, 2, cfg.image_size, cfg.image_size))
             self.beta = nn.Linear(self.side * self.side * self.fc_channels + 4, fields)
         self.gate_from = float(cfg.gate_from)
+        self.image_size = int(cfg.image_size)
+        # With motion and appearance both along fixed bases, every output is read from the FC
+        # trunk: the transposed convolutions' pixels feed nothing, so they are not computed (their
+        # weights stay, unused, so checkpoints of every head load alike).
+        self.pixels_used = not (cfg.motion in ("basis", "units") and cfg.appearance == "basis")
 
     def reset_fields(self) -> None:
         """Start as 'no change': flow 0 and mask sigmoid(-3) whatever the trunk computes (zero
@@ -281,14 +286,16 @@ class WarpGenerator(Generator):
         h = F.relu(h).view(-1, self.fc_channels, self.side, self.side)
         trunk = h
         coarse, j = None, 0
-        for i, layer in enumerate(self.deconvs):
+        for i, layer in enumerate(self.deconvs if self.pixels_used else ()):
             if isinstance(layer, nn.ConvTranspose2d):
                 h = h + self.cond[j](cond)[:, :, None, None].to(h.dtype)
                 j += 1
             h = layer(h)
             if i == self.coarse_after and self.motion in ("free", "hybrid"):  # the only heads with a free flow
                 coarse = self.coarse(h)
-        size = h.shape[-2:]
+        size = (self.image_size, self.image_size)
+        if not self.pixels_used:  # only its batch, dtype and device are read below
+            h = trunk.new_zeros(trunk.shape[0], 6, *size)
         gate = ((delta.float().norm(dim=1) - self.gate_from) / GATE).clamp(0.0, 1.0)[:, None, None, None].to(h.dtype)
         coefficients_in = torch.cat([trunk.flatten(1), cond], dim=1)  # what the basis coefficients are read from
         if coarse is not None:  # the free flow ("free" everywhere, "hybrid" below the nose)
