@@ -94,3 +94,35 @@ def test_cli_reports_an_interrupt_that_a_library_turned_into_another_error(monke
     parser.set_defaults(func=run)
     assert cli.main([]) == 130
     assert capsys.readouterr().err.strip() == "affectedit: interrupted"
+
+
+def test_bf16_measures_faster_compares_the_given_workload():
+    import time
+
+    from affectedit.runtime import bf16_measures_faster
+
+    def workload(slow):
+        return lambda precision: time.sleep(0.004 if precision == slow else 0.0)
+
+    assert bf16_measures_faster(workload("fp32")) is True
+    assert bf16_measures_faster(workload("bf16")) is False
+
+
+def test_auto_precision_editor_keeps_what_its_own_pass_measures_faster(monkeypatch):
+    from affectedit import runtime
+    from affectedit.editor import Editor
+
+    monkeypatch.setattr(runtime, "pick_precision", lambda precision, device: "bf16" if precision == "auto" else precision)
+    seen = []
+
+    def measure(run):
+        run("bf16")  # the editor's own pass runs in the precision asked
+        seen.append(True)
+        return False
+
+    monkeypatch.setattr(runtime, "bf16_measures_faster", measure)
+    ed = Editor.from_pretrained(None, device="cpu")
+    assert seen and ed.precision == "fp32"
+    monkeypatch.setattr(runtime, "bf16_measures_faster", lambda run: True)
+    assert Editor.from_pretrained(None, device="cpu").precision == "bf16"
+    assert Editor.from_pretrained(None, device="cpu", precision="fp32").precision == "fp32"

@@ -122,6 +122,18 @@ class Editor:
         self.encoder = encoder.to(self.device).eval().to(memory_format=fmt)
         self.generator = generator.to(self.device).eval().to(memory_format=fmt)
         self.step = 0  # training step of the loaded weights (kept by save_pretrained)
+        if precision == "auto" and self.precision == "bf16" and self.device.type == "cpu":
+            # a CPU with native bf16 that runs convolutions faster in it may still run THESE networks
+            # on one face (the usual edit) faster in fp32: measure them (a few passes, milliseconds)
+            self.precision = "bf16" if runtime.bf16_measures_faster(self._one_face) else "fp32"
+
+    def _one_face(self, precision: str) -> None:
+        """One (blank) face through E and G in ``precision``: the workload auto precision measures."""
+        chosen, self.precision = self.precision, precision
+        try:
+            self.crop_edit(torch.zeros(1, 3, self.image_size, self.image_size), (0.5, 0.5))
+        finally:
+            self.precision = chosen
 
     # ------------------------------------------------------------------ loading and saving
 
