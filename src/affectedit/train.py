@@ -253,12 +253,15 @@ def train(
             print(f"warm start from {tc.init_from}: {len(copied)} E/G tensors copied")
     if warp and not (resume and ckpt_path.exists()):
         # The fixed bases, measured on the training data; a warm start from a model with the same
-        # bases (copied above, non-zero) keeps them: the landmark pass takes minutes.
+        # bases (copied above, non-zero) keeps the appearance and "basis" motions (the landmark pass
+        # takes minutes). The action units' fields are always drawn again from the units as the code
+        # defines them (basis.ACTION_UNITS, mouth.MOUTH_OPEN; seconds): a warm start from weights
+        # whose units moved otherwise would train G on movements the photo path no longer makes.
         caches = [data, *([tc.extra_data] if tc.extra_data else [])]
         g = models["generator"]
         if mc.appearance == "basis" and not g.basis.any():
             g.basis.copy_(appearance_basis(caches))
-        if mc.motion == "units" and not g.motion_basis.any():
+        if mc.motion == "units":
             rest = rest_landmarks(caches)
             g.motion_basis.copy_(action_unit_basis(caches, mouth=mc.mouth == "open", rest=rest))
             if mc.mouth == "open":  # unit crop coordinates

@@ -81,7 +81,7 @@ class CropEdit:
 
     def __getitem__(self, index) -> CropEdit:
         """The edits of the crops ``index`` (an int, a slice or an index tensor)."""
-        index = [index] if isinstance(index, int) else index
+        index = slice(index, index + 1 if index != -1 else None) if isinstance(index, int) else index  # a view, not a copy
         return replace(self, **{k: t[index] for k, t in self.present().items()})
 
     def to(self, device=None, dtype=None) -> CropEdit:
