@@ -156,7 +156,11 @@ def test_sigkill_at_random_moments_then_resume(tiny_cache, tmp_path):
 
     # The interrupted run ends exactly where a run that was never interrupted ends.
     straight = tmp_path / "straight"
-    r = subprocess.run(_command(tiny_cache, straight, "--no-progress"), env=ENV, check=False, capture_output=True, timeout=300)
+    # (in the precision the interrupted run recorded: "auto" times bf16 against fp32 in each process,
+    # and on a busy machine with native bf16 two processes may choose differently)
+    precision = load_checkpoint(ckpt)["precision"]
+    r = subprocess.run(_command(tiny_cache, straight, "--no-progress", "--set", f"train.mixed_precision={precision}"),
+                       env=ENV, check=False, capture_output=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _weights(ckpt), _weights(straight / "checkpoint.pt")
     for net in a:

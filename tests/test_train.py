@@ -203,6 +203,38 @@ def test_warm_start_copies_what_fits(tiny_cache, tmp_path):
 # ---------------------------------------------------------------- mixed precision
 
 
+def test_a_resumed_run_keeps_the_precision_it_started_in(tiny_cache, tmp_path, monkeypatch):
+    """"auto" precision is chosen by timing bf16 against fp32; on a busy machine a resumed process
+    may time otherwise. The checkpoint records the run's precision and a resume uses it (here the
+    timing would say bf16 on resume), so the run still ends where an uninterrupted one does."""
+    import affectedit.runtime as runtime
+    import affectedit.train as train_module
+
+    chosen = []
+    real_accelerator = __import__("accelerate").Accelerator
+
+    def recording(*args, **kwargs):
+        chosen.append(kwargs.get("mixed_precision"))
+        return real_accelerator(*args, **kwargs)
+
+    monkeypatch.setattr("accelerate.Accelerator", recording)
+    cfg = _cfg("train.mixed_precision=auto", "train.steps=4", "train.checkpoint_every=2")
+    monkeypatch.setattr(runtime, "pick_precision", lambda *a: "fp32")
+    train(cfg, tiny_cache, tmp_path / "run", stop_at=2, progress=False)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["precision"] == "no"
+    monkeypatch.setattr(runtime, "pick_precision", lambda *a: "bf16")  # the resumed process's timing
+    train(cfg, tiny_cache, tmp_path / "run", resume=True, progress=False)
+    assert chosen == ["no", "no"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
+    # a checkpoint that says nothing (older runs): chosen afresh
+    assert train_module._resumed_precision({}, torch.device("cpu")) is None
+    assert train_module._resumed_precision(None, torch.device("cpu")) is None
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)  # bf16 only where native
+    assert train_module._resumed_precision({"precision": "bf16"}, torch.device("cpu")) is None
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert train_module._resumed_precision({"precision": "bf16"}, torch.device("cpu")) == "bf16"
+
+
 def test_fp16_overflow_in_one_optimizer_leaves_the_others_right(tiny_cache, tmp_path, monkeypatch):
     """fp16 loss scaling with three optimisers: when D_z's gradient overflows, D_z's step is skipped
     and the scale halves, but only after every optimiser of the step has used the scale its

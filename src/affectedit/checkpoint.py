@@ -115,12 +115,15 @@ def _python_rng_state() -> list:
     return [version, list(internal), gauss]
 
 
-def save_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, step: int, cfg: Config) -> None:
-    """Write a self-describing checkpoint (models, optimisers, step, RNG states, config) atomically."""
+def save_checkpoint(path: str | os.PathLike, models: dict, optimizers: dict, step: int, cfg: Config,
+                    precision: str | None = None) -> None:
+    """Write a self-describing checkpoint (models, optimisers, step, RNG states, config and, when
+    given, the mixed precision the run trains in: "no", "bf16" or "fp16") atomically."""
     write_torch(path, {
         "format_version": FORMAT_VERSION,
         "step": int(step),
         "config": cfg.to_dict(),
+        **({"precision": precision} if precision else {}),
         "models": {k: m.state_dict() for k, m in models.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "rng": {

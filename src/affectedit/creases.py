@@ -154,12 +154,19 @@ def shading(rx: torch.Tensor, ry: torch.Tensor, lm: np.ndarray, coefficients: di
             return
         x, y = rx[win], ry[win]
         s, d = _segment(x, y, a, b, bow)
+        # only the pixels the crease can darken: along it (the taper is 0 at and beyond its ends) and
+        # within its profile's reach (plus the wave's); every other pixel would add exactly 0
+        near = (s > 0) & (s < 1) & (d.abs() < _REACH * w + (_WAVE * e if wave is not None else 0.0))
+        if not bool(near.any()):
+            return
+        x, s, d = x[near], s[near], d[near]
         if wave is not None:  # skin folds are not ruled lines
             d = d + _WAVE * e * torch.sin(2.6 * torch.pi * (x - cx) / e + wave)
         k = strength(x) if callable(strength) else strength
         if fade:
             k = k * (1 - fade * s.clamp(0, 1))
-        dark[win] += k * _taper(s, end) * _profile(profile_sign * d, w)
+        part = dark[win]  # a view: the sums land in dark
+        part[near] += k * _taper(s, end) * _profile(profile_sign * d, w)
 
     c4 = coefficients.get("brow_lower", 0.0)
     if c4:

@@ -179,6 +179,23 @@ def _save_png(img01: torch.Tensor, path: Path) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
+def _resumed_precision(state: dict | None, device: torch.device) -> str | None:
+    """The mixed precision a resumed run (its checkpoint ``state``) trained in, where ``device`` runs
+    it natively; None for a new run, a checkpoint that does not say, or a device that would only
+    emulate it (the caller then chooses afresh)."""
+    from affectedit.runtime import cpu_has_bf16
+
+    saved = (state or {}).get("precision")
+    if saved == "no":
+        return saved
+    if saved == "bf16" and ((device.type == "cpu" and cpu_has_bf16())
+                            or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
+        return saved
+    if saved == "fp16" and device.type == "cuda":
+        return saved
+    return None
+
+
 def train(
     cfg: Config,
     data: str | os.PathLike,
@@ -216,9 +233,17 @@ def train(
     AcceleratorState._reset_state()
     from affectedit.runtime import ThreadPolicy, deferred_interrupt, pick_device, pick_precision
 
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     precision = tc.mixed_precision
-    if precision == "auto":  # the same choice as inference: bf16 only where it is native and faster
-        precision = "bf16" if pick_precision("auto", pick_device(None)) == "bf16" else "no"
+    if precision == "auto":
+        # a resumed run keeps the precision it started in (a timing taken on a busy machine may
+        # choose otherwise, and the run would no longer end where an uninterrupted one does) as
+        # long as this machine runs it natively; else the same choice as inference: bf16 only
+        # where it is native and faster
+        precision = _resumed_precision(state, pick_device(None))
+        if precision is None:
+            precision = "bf16" if pick_precision("auto", pick_device(None)) == "bf16" else "no"
     policy = ThreadPolicy()
     ceiling = torch.get_num_threads()
     accelerator = Accelerator(
@@ -226,7 +251,6 @@ def train(
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    ckpt_path = out_dir / CHECKPOINT_NAME
 
     cache = FaceCache(data)
     if not np.isfinite(cache.labels).all():
@@ -270,8 +294,7 @@ def train(
             if accelerator.is_main_process:
                 print("motion basis: dlib's 68 landmarks on the training faces (a few minutes) ...")
             g.motion_basis.copy_(motion_basis(caches))
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+    if state is not None:
         saved = Config.from_dict(state["config"])
         if saved.model != mc:
             raise UserError(f"{ckpt_path} was trained with another model config; use a new --out folder or the same config")
@@ -286,6 +309,7 @@ def train(
         np.random.set_state(("MT19937", np.array(state["rng"]["numpy"], dtype=np.uint32), state["rng"]["numpy_pos"]))
         v, internal, gauss = state["rng"]["python"]
         random.setstate((v, tuple(internal), gauss))
+        state = None  # restored: the paper preset's optimiser states are hundreds of MB
     elif ckpt_path.exists() and not resume:
         raise UserError(f"{ckpt_path} exists; pass --resume to continue that run, or choose another --out folder")
 
@@ -361,7 +385,8 @@ def train(
                     raise TrainingDiverged(
                         f"the {k} weights became NaN or infinite by step {step}; {_kept(ckpt_path, last_saved, out_dir)}")
             with deferred_interrupt():  # Ctrl-C while saving: finish the file, then stop
-                save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg)
+                save_checkpoint(ckpt_path, unwrapped, {"eg": opt_eg.optimizer, "d_z": opt_dz.optimizer, "d_img": opt_dimg.optimizer}, step, cfg,
+                                precision=precision)
         last_saved = step
 
     for step in range(start, end):
