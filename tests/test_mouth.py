@@ -80,6 +80,30 @@ def test_closed_mouth_draws_nothing_and_an_open_one_draws_between_the_lips(portr
     assert colour[0, :, centre[1] + 2, centre[0]].mean() < -0.3
 
 
+def test_a_grins_small_opening_is_all_teeth_and_a_dropped_jaw_shows_the_dark_mouth(portrait):
+    """While the lips part by less than the two rows of teeth (a grin, bared teeth: the bite is
+    closed) the opening is teeth from lip to lip, upper and lower; a dropped jaw (a shout, surprise)
+    shows the upper teeth above a dark cavity, the lower teeth sunk behind the lower lip."""
+    _, _, _, unit = portrait
+    ux, uy = _grid(256)
+
+    def column(opening):  # the drawn colour's brightness down the middle of the opening
+        lm = _moved(unit, opening, lip_corner_pull=1.2)
+        mask, colour = render(ux, uy, lm, 0.5 / 256, unit[None])
+        x = int(((lm[0, 62, 0] + lm[0, 66, 0]) / 2 * 256).round())
+        rows = (mask[0, 0, :, x] > 0.3).nonzero()[:, 0]
+        return colour[0, :, rows, x].mean(0), len(rows)
+
+    grin, n_grin = column(0.5)  # the lips part by 0.17 of the eyes' distance: less than both rows of teeth
+    assert n_grin >= 4, n_grin
+    assert grin[-max(1, n_grin // 4):].mean() > 0.2  # the lower teeth above the lower lip: bright
+    assert (grin > 0.0).float().mean() > 0.7  # teeth nearly everywhere (the biting edge's shadow aside)
+    shout, n_shout = column(1.0)
+    assert n_shout > 1.5 * n_grin
+    assert shout[:max(1, n_shout // 5)].mean() > 0.2  # the upper teeth under the upper lip
+    assert shout[n_shout // 2:].mean() < -0.3  # dark below them: no lower teeth
+
+
 def test_render_gradients_stay_finite_at_the_openings_corners():
     """A pixel exactly at the opening's inner corner (|t| = 1: the ellipse's height there is 0) gives
     finite gradients: sqrt and the arch's power have infinite slope at 0, which once turned a

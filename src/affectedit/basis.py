@@ -176,8 +176,9 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
     "lower_lid_raise": {40: (0.0, -0.03), 41: (0.0, -0.03)},                                       # AU 6/7
     "nose_wrinkle": {31: (0.0, -0.04), 32: (0.0, -0.04), 33: (0.0, -0.03), 50: (0.0, -0.025),
                      51: (0.0, -0.025), 61: (0.0, -0.02), 62: (0.0, -0.02)},                       # AU 9/10
-    "lip_corner_pull": {48: (-0.12, -0.10), 60: (-0.11, -0.09), 49: (-0.05, -0.05), 59: (-0.06, -0.04),
-                        50: (-0.01, -0.015), 58: (-0.02, -0.01), 61: (-0.03, -0.03), 67: (-0.03, -0.02)},  # AU 12
+    "lip_corner_pull": {48: (-0.075, -0.09), 60: (-0.07, -0.08), 49: (-0.03, -0.05), 59: (-0.035, -0.04),
+                        50: (-0.01, -0.025), 51: (0.0, -0.03), 58: (-0.012, -0.01), 61: (-0.02, -0.03),
+                        62: (0.0, -0.035), 67: (-0.018, -0.02)},  # AU 12
     "lip_corner_depress": {48: (0.01, 0.07), 60: (0.01, 0.06), 49: (0.0, 0.025), 59: (0.0, 0.03),
                            61: (0.0, 0.02), 67: (0.0, 0.02)},                                      # AU 15
     "chin_raise": {57: (0.0, -0.05), 58: (0.0, -0.045), 59: (0.0, -0.02), 66: (0.0, -0.03),
@@ -201,7 +202,7 @@ EXPRESSION_UNITS: dict[str, dict[str, float]] = {
     "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
                 "chin_raise": 0.5},
     "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 0.6, "open": 0.4},
-    "happy": {"lower_lid_raise": 0.8, "lip_corner_pull": 1.2, "open": 0.25},
+    "happy": {"lower_lid_raise": 0.8, "lip_corner_pull": 1.2, "open": 0.3},
     "sad": {"inner_brow_raise": 1.4, "brow_lower": 0.8, "upper_lid_raise": -0.6, "lip_corner_depress": 1.4,
             "chin_raise": 0.6},
     "surprise": {"inner_brow_raise": 1.0, "outer_brow_raise": 1.0, "upper_lid_raise": 0.5, "open": 0.9},

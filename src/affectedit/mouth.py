@@ -7,7 +7,8 @@ units of the distance between the eyes, as ``basis.ACTION_UNITS``) whose motion 
 lip, chin and jaw down, plus a new appearance where the lips part: the mask A is the lens between
 the outer lips (dlib points 48-59) where the whole flow put them (``warped_landmarks``), the colour
 C a parametric mouth inside (a dark cavity with the tongue's redder floor, the upper incisors' band
-under the upper lip with faint gaps between teeth, darker toward the corners). The lens follows
+under the upper lip with faint gaps between teeth, darker toward the corners, and while the lips
+part by less than both rows of teeth, as in a grin, the lower incisors above the lower lip). The lens follows
 every unit's motion, so a smile's pulled corners widen it.
 
 :func:`render` draws A and C at any set of points given in the aligned crop's unit coordinates:
@@ -48,6 +49,10 @@ CAVITY = (0.13, 0.05, 0.05)
 TONGUE = (0.36, 0.14, 0.14)
 TEETH = (0.87, 0.82, 0.75)
 UPPER_TEETH = 0.13
+# The lower incisors' visible height (inter-ocular units) while the bite is closed: a gap between
+# the lips up to UPPER_TEETH + LOWER_TEETH is all teeth (a grin), beyond it the jaw has dropped and
+# the lower teeth sink behind the lower lip; 0 draws the upper teeth alone.
+LOWER_TEETH = 0.09
 # On an edited photo: the lens' outline is this many times softer than the teeth's edges
 # (``render``'s ``soft``), and the gaps between teeth no thinner than MIN_LINE times that (chosen on
 # the calibration faces: a sharper drawing out-textured small, soft photos; see docs/report/calibration).
@@ -185,7 +190,10 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
     inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
     own thickness; the gap is how much farther apart the two lips' outer centres are than at rest,
-    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch."""
+    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch.
+    A gap up to :data:`UPPER_TEETH` + :data:`LOWER_TEETH` (the bite closed: a grin, bared teeth) is
+    teeth from lip to lip, split between the rows in that proportion with a faint shadow where they
+    meet; as the jaw drops further the lower teeth sink behind the lower lip and the dark mouth shows."""
     g = _lens(ux, uy, lm, rest)
     t, v, half, gap, bell, height, top, bottom = g.t, g.v, g.half, g.gap, g.bell, g.height, g.top, g.bottom
     lm = lm.float()
@@ -194,16 +202,33 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     outline = outline * soft  # the lips' edge over the dark inside: a photo's lips blur into it
     inside = sig((v - top) / outline) * sig((bottom - v) / outline) * sig((1 - t.abs()) * half[:, None, None] / outline)
     mask = inside * gap / (gap + 4 * soft)  # a hairline opening fades out instead of drawing a line
-    # the teeth: the upper incisors' band under the upper lip
+    # the teeth: the upper incisors' band under the upper lip and, while the bite is closed or
+    # nearly (a grin, bared teeth), the lower incisors' band above the lower lip
     depth = v - top
-    teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
-    teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
     across = t.abs() * half[:, None, None] / scale  # inter-ocular units from the midline
     line = torch.clamp_min(0.006 * scale, min_line * soft) / scale
     edges = sum(k * torch.exp(-((across - e) / line).square()) for e, k in TOOTH_EDGES)
     under_lip = (depth / (0.35 * UPPER_TEETH * scale)).clamp(0, 1)  # the upper lip's shadow
     tc = t.clamp(-1, 1)
-    shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges)
+    if LOWER_TEETH > 0:
+        bite = (UPPER_TEETH + LOWER_TEETH) * scale  # a gap up to this is all teeth: the bite is closed
+        # the jaw drops beyond the bite: the lower teeth sink behind the lower lip over LOWER_TEETH more
+        lower_vis = LOWER_TEETH * scale * bell * (1 - ((gap - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
+        share = UPPER_TEETH / (UPPER_TEETH + LOWER_TEETH)
+        teeth_h = torch.minimum(UPPER_TEETH * scale * bell, share * height)  # where the upper teeth end
+        lower_h = torch.minimum(lower_vis, height - teeth_h)
+        upper_a = sig((teeth_h - depth) / soft)
+        lower_a = sig((depth - (height - lower_h)) / soft) * (lower_h > 0)
+        width_a = sig((0.78 - t.abs()) * half[:, None, None] / (4 * soft))
+        teeth_a = torch.maximum(upper_a, lower_a) * width_a
+        # the biting edges' thin shadow, and the lower teeth a little darker (under the upper ones)
+        seam = torch.exp(-((depth - teeth_h) / (line * scale + soft)).square()) * (lower_h > 0)
+        shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges) * (1 - 0.3 * seam)
+        shade = shade * (1 - 0.12 * lower_a * (1 - upper_a))
+    else:
+        teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
+        teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
+        shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges)
     low = (depth / height.clamp_min(soft)).clamp(0, 1)  # 0 under the upper lip, 1 at the lower lip
     cavity = torch.lerp(torch.tensor(CAVITY, device=lm.device)[None, :, None, None], torch.tensor(TONGUE, device=lm.device)[None, :, None, None],
                         (low.square() * (1 - tc.square()))[:, None])
