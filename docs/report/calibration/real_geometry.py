@@ -15,7 +15,7 @@ from affectedit import photo_metrics as pm
 from affectedit.faces import similarity_transform
 W = os.environ.get("W") or None
 ed = Editor.from_pretrained(W)
-root = "/work/shared/data/lfw-expressions"
+root = os.environ.get("LFW", str(__import__("pathlib").Path(__file__).resolve().parents[4] / "shared" / "data" / "lfw-expressions"))
 rows = list(csv.DictReader(open(f"{root}/labels.csv")))
 by = collections.defaultdict(lambda: collections.defaultdict(list))
 for r in rows:
