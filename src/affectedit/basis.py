@@ -198,7 +198,7 @@ EXPRESSION_UNITS: dict[str, dict[str, float]] = {
     # anger's open-mouthed EMFACS variant (4+5+7+10+25/26): the closed one (lips pressed, 0.6) read
     # as mild annoyance (fer named anger on 62% of calibration edits, 80% for this one; docs/report/calibration)
     "angry": {"brow_lower": 1.5, "upper_lid_raise": 0.4, "lower_lid_raise": 1.0, "nose_wrinkle": 1.0,
-              "open": 0.5},
+              "open": 0.8},
     "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
                 "chin_raise": 0.5},
     "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 0.6, "open": 0.4},
