@@ -129,17 +129,24 @@ def bf16_measures_faster(run, repeats: int = 3) -> bool:
     return _best_seconds(lambda: run("bf16"), repeats) < 0.9 * _best_seconds(lambda: run("fp32"), repeats)
 
 
+def bf16_is_native(device: torch.device) -> bool:
+    """``device`` computes in bf16 natively: a CUDA GPU that supports it, or a CPU with avx512_bf16
+    or AMX (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
 def pick_precision(precision: str, device: torch.device) -> str:
     """The precision inference runs in, "fp32" or "bf16", for a requested "auto", "fp32" or "bf16"."""
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and cpu_has_bf16() and cpu_bf16_is_faster():
-        return "bf16"
-    return "fp32"
+    if not bf16_is_native(device):
+        return "fp32"
+    # a GPU's bf16 is taken as it is; a CPU's only where it also measures faster
+    return "bf16" if device.type == "cuda" or cpu_bf16_is_faster() else "fp32"
 
 
 def autocast(precision: str, device: torch.device):

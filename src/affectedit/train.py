@@ -183,15 +183,10 @@ def _resumed_precision(state: dict | None, device: torch.device) -> str | None:
     """The mixed precision a resumed run (its checkpoint ``state``) trained in, where ``device`` runs
     it natively; None for a new run, a checkpoint that does not say, or a device that would only
     emulate it (the caller then chooses afresh)."""
-    from affectedit.runtime import cpu_has_bf16
+    from affectedit.runtime import bf16_is_native
 
     saved = (state or {}).get("precision")
-    if saved == "no":
-        return saved
-    if saved == "bf16" and ((device.type == "cpu" and cpu_has_bf16())
-                            or (device.type == "cuda" and torch.cuda.is_bf16_supported())):
-        return saved
-    if saved == "fp16" and device.type == "cuda":
+    if saved == "no" or (saved == "bf16" and bf16_is_native(device)) or (saved == "fp16" and device.type == "cuda"):
         return saved
     return None
 
@@ -241,9 +236,10 @@ def train(
         # choose otherwise, and the run would no longer end where an uninterrupted one does) as
         # long as this machine runs it natively; else the same choice as inference: bf16 only
         # where it is native and faster
-        precision = _resumed_precision(state, pick_device(None))
+        auto_device = pick_device(None)
+        precision = _resumed_precision(state, auto_device)
         if precision is None:
-            precision = "bf16" if pick_precision("auto", pick_device(None)) == "bf16" else "no"
+            precision = "bf16" if pick_precision("auto", auto_device) == "bf16" else "no"
     policy = ThreadPolicy()
     ceiling = torch.get_num_threads()
     accelerator = Accelerator(
