@@ -31,7 +31,6 @@ from affectedit.editor import Editor
 from affectedit.faces import align_faces_batch, detect_faces
 from affectedit.images import normalize, open_image
 from affectedit.networks import build_models
-from affectedit.warp import apply_to_photo
 
 DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "london-portraits" / "images" / "neutral_front" / "001_03.jpg"
 STAGES = ["decode", "detect", "align", "network", "paste", "end-to-end"]
@@ -53,20 +52,14 @@ def _ms(fn, repeats: int, sync) -> tuple[float, object]:
 
 def measure(editor: Editor, image: Path, repeats: int) -> dict[str, float]:
     sync = torch.cuda.synchronize if editor.device.type == "cuda" else (lambda: None)
-
-    def as_edit_runs(fn):  # the paste with the torch threads Editor.edit gives it (runtime.ThreadPolicy)
-        def run():
-            with editor._policy.threads(editor.device, editor.threads):
-                return fn()
-        return run
-
     res = {}
     res["decode"], photo = _ms(lambda: open_image(image).convert("RGB"), repeats, sync)
     res["detect"], faces = _ms(lambda: detect_faces(photo), repeats, sync)
     faces = faces[:1]
     res["align"], crops = _ms(lambda: normalize(align_faces_batch(photo, faces, editor.image_size)), repeats, sync)
     res["network"], change = _ms(lambda: editor.crop_edit(crops, torch.tensor([0.8, 0.5])), repeats, sync)
-    res["paste"], _ = _ms(as_edit_runs(lambda: apply_to_photo(photo, faces, change)), repeats, sync)
+    # the paste as Editor.edit runs it: apply_to_photo under the editor's thread policy
+    res["paste"], _ = _ms(lambda: editor._apply(photo, faces, change), repeats, sync)
     res["end-to-end"], _ = _ms(lambda: editor.edit(image, 0.8, 0.5, face=0), repeats, sync)
     return res
 

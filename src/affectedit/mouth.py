@@ -49,9 +49,9 @@ CAVITY = (0.13, 0.05, 0.05)
 TONGUE = (0.36, 0.14, 0.14)
 TEETH = (0.87, 0.82, 0.75)
 UPPER_TEETH = 0.13
-# The lower incisors' visible height (inter-ocular units) while the bite is closed: a gap between
-# the lips up to UPPER_TEETH + LOWER_TEETH is all teeth (a grin), beyond it the jaw has dropped and
-# the lower teeth sink behind the lower lip; 0 draws the upper teeth alone.
+# The lower incisors' visible height (inter-ocular units, > 0) while the bite is closed: a gap
+# between the lips up to UPPER_TEETH + LOWER_TEETH is all teeth (a grin), beyond it the jaw has
+# dropped and the lower teeth sink behind the lower lip.
 LOWER_TEETH = 0.09
 # On an edited photo: the lens' outline is this many times softer than the teeth's edges
 # (``render``'s ``soft``), and the gaps between teeth no thinner than MIN_LINE times that (chosen on
@@ -210,25 +210,20 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     edges = sum(k * torch.exp(-((across - e) / line).square()) for e, k in TOOTH_EDGES)
     under_lip = (depth / (0.35 * UPPER_TEETH * scale)).clamp(0, 1)  # the upper lip's shadow
     tc = t.clamp(-1, 1)
-    if LOWER_TEETH > 0:
-        bite = (UPPER_TEETH + LOWER_TEETH) * scale  # a gap up to this is all teeth: the bite is closed
-        # the jaw drops beyond the bite: the lower teeth sink behind the lower lip over LOWER_TEETH more
-        lower_vis = LOWER_TEETH * scale * bell * (1 - ((gap - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
-        share = UPPER_TEETH / (UPPER_TEETH + LOWER_TEETH)
-        teeth_h = torch.minimum(UPPER_TEETH * scale * bell, share * height)  # where the upper teeth end
-        lower_h = torch.minimum(lower_vis, height - teeth_h)
-        upper_a = sig((teeth_h - depth) / soft)
-        lower_a = sig((depth - (height - lower_h)) / soft) * (lower_h > 0)
-        width_a = sig((0.78 - t.abs()) * half[:, None, None] / (4 * soft))
-        teeth_a = torch.maximum(upper_a, lower_a) * width_a
-        # the biting edges' thin shadow, and the lower teeth a little darker (under the upper ones)
-        seam = torch.exp(-((depth - teeth_h) / (line * scale + soft)).square()) * (lower_h > 0)
-        shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges) * (1 - 0.3 * seam)
-        shade = shade * (1 - 0.12 * lower_a * (1 - upper_a))
-    else:
-        teeth_h = torch.minimum(UPPER_TEETH * scale * bell, 0.75 * height)  # never the whole of a tall opening
-        teeth_a = sig((teeth_h - depth) / soft) * sig((0.72 - t.abs()) * half[:, None, None] / (4 * soft))
-        shade = (1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges)
+    bite = (UPPER_TEETH + LOWER_TEETH) * scale  # a gap up to this is all teeth: the bite is closed
+    # the jaw drops beyond the bite: the lower teeth sink behind the lower lip over LOWER_TEETH more
+    lower_vis = LOWER_TEETH * scale * bell * (1 - ((gap - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
+    share = UPPER_TEETH / (UPPER_TEETH + LOWER_TEETH)
+    teeth_h = torch.minimum(UPPER_TEETH * scale * bell, share * height)  # where the upper teeth end
+    lower_h = torch.minimum(lower_vis, height - teeth_h)
+    lower_shown = lower_h > 0
+    upper_a = sig((teeth_h - depth) / soft)
+    lower_a = sig((depth - (height - lower_h)) / soft) * lower_shown
+    teeth_a = torch.maximum(upper_a, lower_a) * sig((0.78 - t.abs()) * half[:, None, None] / (4 * soft))
+    # the biting edges' thin shadow, and the lower teeth a little darker (under the upper ones)
+    seam = torch.exp(-((depth - teeth_h) / (line * scale + soft)).square()) * lower_shown
+    shade = ((1 - 0.5 * tc.square()) * (0.78 + 0.22 * under_lip) * (1 - edges) * (1 - 0.3 * seam)
+             * (1 - 0.12 * lower_a * (1 - upper_a)))
     low = (depth / height.clamp_min(soft)).clamp(0, 1)  # 0 under the upper lip, 1 at the lower lip
     cavity = torch.lerp(torch.tensor(CAVITY, device=lm.device)[None, :, None, None], torch.tensor(TONGUE, device=lm.device)[None, :, None, None],
                         (low.square() * (1 - tc.square()))[:, None])
