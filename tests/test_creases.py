@@ -57,9 +57,9 @@ def _at(shade, x, y):
 
 
 def test_only_the_creasing_units_above_the_threshold_draw():
-    assert crease_units(_units(upper_lid_raise=2.0, lower_lid_raise=1.0, lip_press=1.0, nose_wrinkle=1.0)) == {}
+    assert crease_units(_units(upper_lid_raise=2.0, lower_lid_raise=1.0, lip_bare=1.0, nose_wrinkle=1.0)) == {}
     assert crease_units(_units(brow_lower=0.01, lip_corner_pull=-0.2)) == {}
-    assert set(crease_units(_units(brow_lower=1.0, inner_brow_raise=0.5, chin_raise=1.0, lip_corner_pull=1.0, lip_press=1.0))) == {
+    assert set(crease_units(_units(brow_lower=1.0, inner_brow_raise=0.5, chin_raise=1.0, lip_corner_pull=1.0, lip_bare=1.0))) == {
         "brow_lower", "inner_brow_raise", "chin_raise", "lip_corner_pull"}
     assert set(crease_units(_units(lower_lid_raise=1.0, lip_corner_pull=1.0))) == {"lower_lid_raise", "lip_corner_pull"}
     ux, uy = _grid()

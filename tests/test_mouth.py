@@ -104,6 +104,49 @@ def test_a_grins_small_opening_is_all_teeth_and_a_dropped_jaw_shows_the_dark_mou
     assert shout[n_shout // 2:].mean() < -0.3  # dark below them: no lower teeth
 
 
+def test_bared_teeth_open_square_and_all_teeth_where_a_dropped_jaw_opens_an_oval(portrait):
+    """The opening follows the lips: lip_bare (upper lip up, lower lip down across most of their
+    width, the jaw clenched) parts them into a square of teeth, nearly as tall 0.8 of the way to the corners
+    as at the middle; the jaw drop's opening narrows toward the corners like an oval."""
+    _, _, _, unit = portrait
+    ux, uy = _grid(256)
+
+    def heights(**units):  # the drawn opening's height at the middle and halfway to the inner corners
+        lm = _moved(unit, units.pop("opening", 0.0), **units)
+        mask, colour = render(ux, uy, lm, 0.5 / 256, unit[None])
+        left, right = unit[60, 0], unit[64, 0]
+        out = []
+        for x in ((left + right) / 2, 0.9 * left + 0.1 * right):
+            col = int((x * 256).round())
+            rows = (mask[0, 0, :, col] > 0.3).nonzero()[:, 0]
+            out.append((len(rows), colour[0, :, rows, col].mean(0)))
+        return out
+
+    (bare_mid, teeth), (bare_side, _) = heights(lip_bare=1.0)
+    assert bare_mid >= 5 and bare_side > 0.75 * bare_mid, (bare_mid, bare_side)
+    assert (teeth > 0.0).float().mean() > 0.7  # teeth from lip to lip (the bite closed)
+    (drop_mid, _), (drop_side, _) = heights(opening=0.6)
+    assert drop_side < 0.75 * drop_mid and drop_side / drop_mid < bare_side / bare_mid - 0.1, (drop_mid, drop_side, bare_mid, bare_side)
+
+
+def test_photo_draws_bared_teeth_without_the_opening(portrait):
+    """lip_bare alone (the opening's coefficient 0) still draws the mouth's inside on a photo: bright
+    teeth between the parted lips where the photo shows the closed mouth's seam."""
+    img, face, lm, unit = portrait
+    size = 64
+    points = unit.numpy() * size - 0.5
+    scale = np.linalg.norm(points[42:48].mean(0) - points[36:42].mean(0))
+    flow = torch.from_numpy(1.1 * rbf_flow(points, unit_moves(ACTION_UNITS["lip_bare"]) * scale, size)).float()[None]
+    edit = CropEdit(flow=flow, units=_units(0.0, lip_bare=1.1), landmarks=unit[None], mouth_flow=torch.zeros_like(flow))
+    out = np.asarray(apply_to_photo(img, [face], edit)).astype(float)
+    src = np.asarray(img).astype(float)
+    cx, cy = ((lm[62] + lm[66]) / 2).round().astype(int)
+    patch = (slice(cy - 2, cy + 3), slice(cx - 3, cx + 4))
+    assert out[patch].mean() > src[patch].mean() + 30  # teeth where the dark seam was
+    plain = np.asarray(apply_to_photo(img, [face], CropEdit(flow=flow))).astype(float)
+    assert np.abs(out - plain).max() > 60  # drawn, not just moved
+
+
 def test_render_gradients_stay_finite_at_the_openings_corners():
     """A pixel exactly at the opening's inner corner (|t| = 1: the ellipse's height there is 0) gives
     finite gradients: sqrt and the arch's power have infinite slope at 0, which once turned a
@@ -111,10 +154,11 @@ def test_render_gradients_stay_finite_at_the_openings_corners():
     rest = torch.full((1, 68, 2), 0.5)
     rest[0, 48], rest[0, 54] = torch.tensor([0.25, 0.5]), torch.tensor([0.75, 0.5])  # outer corners: half width 0.25
     rest[0, 60], rest[0, 64] = torch.tensor([0.3125, 0.5]), torch.tensor([0.6875, 0.5])  # inset 0.75: inner half width 0.1875
-    for i in (50, 51, 52, 61, 62, 63):
-        rest[0, i, 1] = 0.47
-    for i in (56, 57, 58):
-        rest[0, i, 1] = 0.53
+    for i, x in zip((49, 50, 51, 52, 53), (0.34, 0.42, 0.5, 0.58, 0.66)):  # the lips' outer edges
+        rest[0, i] = torch.tensor([x, 0.47])
+        rest[0, 108 - i] = torch.tensor([x, 0.53])  # 59, 58, 57, 56, 55
+    for i, x in zip((61, 62, 63), (0.4, 0.5, 0.6)):  # the seam
+        rest[0, i] = rest[0, 128 - i] = torch.tensor([x, 0.5])  # 67, 66, 65
     rest[0, 36:42] = torch.tensor([0.3, 0.35])  # eyes, for the teeth's scale
     rest[0, 42:48] = torch.tensor([0.7, 0.35])
     lm = rest.clone()
@@ -305,7 +349,7 @@ def test_expression_units_prototypes_follow_facs():
     """basis.EXPRESSION_UNITS in ACTION_UNITS order: a smile raises the cheeks and pulls the corners
     without widening the eyes; surprise lifts both brows and opens the mouth; anger lowers the brows,
     tightens the lids, raises the upper lip and opens the mouth less than surprise, never lifting the
-    brows; neutral asks for nothing."""
+    brows, and bares its teeth instead of dropping the jaw; neutral asks for nothing."""
     from affectedit.basis import EXPRESSION_UNITS, expression_units
     from affectedit.expression import FER_CLASSES
 
@@ -318,7 +362,7 @@ def test_expression_units_prototypes_follow_facs():
     assert row["surprise"][col["inner_brow_raise"]] > 0 and row["surprise"][col["outer_brow_raise"]] > 0
     assert row["surprise"][col["open"]] > 0.5 and row["surprise"][col["nose_wrinkle"]] == 0
     assert row["angry"][col["brow_lower"]] > 1 and row["angry"][col["lower_lid_raise"]] > 0 and row["angry"][col["nose_wrinkle"]] > 0
-    assert 0 < row["angry"][col["open"]] < row["surprise"][col["open"]]
+    assert row["angry"][col["lip_bare"]] > 0 and row["angry"][col["open"]] < row["surprise"][col["open"]]  # teeth bared, jaw not dropped
     assert row["angry"][col["inner_brow_raise"]] == 0 and row["angry"][col["outer_brow_raise"]] == 0
     assert not row["neutral"].any()
     assert expression_units(FER_CLASSES, mouth=False).shape == (len(FER_CLASSES), U - 1)

@@ -165,9 +165,10 @@ def motion_basis(caches, min_pairs: int = 10, sigma: float = 4.0) -> torch.Tenso
 # left (the subject's right) and the midline; the other side is the mirror image. Each is a
 # moderate movement: G scales each by a coefficient in [-UNIT_RANGE, UNIT_RANGE] (see
 # ``networks.WarpGenerator``; a negative one moves the other way, e.g. drooping lids for AU 5).
-# Typical expressions: happiness 6+12, sadness 1+4+15(+17), anger 4+5+7+24, surprise 1+2+5(+26).
-# No jaw drop (AU 26): parting the lips by moving pixels stretches the lips into streaks where the
-# dark mouth and teeth should appear, which no warp of the closed mouth contains.
+# Typical expressions: happiness 6+12, sadness 1+4+15(+17), anger 4+5+7+10+16+25, surprise 1+2+5(+26).
+# No jaw drop (AU 26) here: it is affectedit.mouth's opening, which draws the mouth's inside where
+# the lips part (moving pixels alone stretches the lips into streaks where the dark mouth and teeth
+# should appear); lip_bare's parted lips are drawn the same way.
 ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
     "inner_brow_raise": {21: (0.0, -0.10), 20: (0.0, -0.06), 19: (0.0, -0.025)},                  # AU 1
     "outer_brow_raise": {17: (0.0, -0.09), 18: (0.0, -0.09), 19: (0.0, -0.06), 20: (0.0, -0.03)},  # AU 2
@@ -183,22 +184,28 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
                            61: (0.0, 0.02), 67: (0.0, 0.02)},                                      # AU 15
     "chin_raise": {57: (0.0, -0.05), 58: (0.0, -0.045), 59: (0.0, -0.02), 66: (0.0, -0.03),
                    67: (0.0, -0.025), 8: (0.0, -0.04), 7: (0.0, -0.03)},                           # AU 17
-    "lip_press": {50: (0.0, 0.02), 51: (0.0, 0.02), 57: (0.0, -0.02), 58: (0.0, -0.02), 48: (0.02, 0.0)},  # AU 23/24
+    # bared teeth (AU 10+16+25, the bite closed): the upper lip raised and the lower lip lowered
+    # across most of their width (a square opening, unlike a jaw drop's oval), the corners a little
+    # apart; the chin stays (the jaw is clenched). The parted lips are drawn as teeth (affectedit.mouth).
+    "lip_bare": {49: (0.0, -0.045), 50: (0.0, -0.06), 51: (0.0, -0.06), 61: (0.0, -0.06), 62: (0.0, -0.06),
+                 59: (0.0, 0.10), 58: (0.0, 0.12), 57: (0.0, 0.12), 67: (0.0, 0.11), 66: (0.0, 0.12),
+                 48: (-0.015, 0.0), 60: (-0.01, 0.0)},                                             # AU 10+16+25
 }
 
 # Which action units each expression class of the FER-2013 model shows, and how strongly (G's raw
 # coefficients, before the edit strength; "open" is the mouth's opening, affectedit.mouth): the
 # prototypes of EMFACS (Ekman & Friesen; Matsumoto & Ekman), happiness 6+12(+25), sadness
-# 1+4+15+17 with drooping lids, anger 4+5+7+10+25/26, surprise 1+2+5+26, fear 1+2+4+5+26,
+# 1+4+15+17 with drooping lids, anger 4+5+7+10+16+25 (teeth bared), surprise 1+2+5+26, fear 1+2+4+5+26,
 # disgust 9/10+15+17. ``loss.units_prior`` pulls G's coefficients for a target label toward the
 # mix of these that the label asks for: without it the expression model alone is free to use any
 # movement it responds to (it widened smiling eyes, wrinkled surprised noses and opened angry
 # mouths under raised lids, which people read as surprise).
 EXPRESSION_UNITS: dict[str, dict[str, float]] = {
-    # anger's open-mouthed EMFACS variant (4+5+7+10+25/26): the closed one (lips pressed, 0.6) read
-    # as mild annoyance (fer named anger on 62% of calibration edits, 80% for this one; docs/report/calibration)
+    # anger with bared, clenched teeth (4+5+7+10+16+25): the lips pressed (0.6) read as mild
+    # annoyance, and a dropped jaw (26; 0.7-0.9) as surprise, whose mouth is the same dark oval
+    # (docs/report/calibration); 0.8 of lip_bare parts the lips by about the teeth's height at strength 1.4
     "angry": {"brow_lower": 1.5, "upper_lid_raise": 0.4, "lower_lid_raise": 1.0, "nose_wrinkle": 1.0,
-              "open": 0.8},
+              "lip_bare": 0.8},
     "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
                 "chin_raise": 0.5},
     "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 0.6, "open": 0.4},

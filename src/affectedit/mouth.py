@@ -27,7 +27,7 @@ import torch
 
 from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "PARTING", "parting", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -42,6 +42,18 @@ MOUTH_OPEN: dict[int, tuple[float, float]] = {
 # The opening's coefficient lies in [0, OPEN_RANGE] (G's sigmoid; the other units: networks.UNIT_RANGE):
 # at 1 the lips part by 0.33 of the distance between the eyes, a clearly open mouth.
 OPEN_RANGE = 1.0
+
+# The action units besides the opening that part the lips (``basis.ACTION_UNITS``): where one of
+# them or the opening acts, an edited photo draws the mouth's inside (``warp.apply_to_photo``).
+PARTING = ("lip_bare",)
+
+
+def parting(units: torch.Tensor) -> torch.Tensor:
+    """N: how far the coefficients ``units`` (N x (U + 1), the opening last) part the lips, as the
+    largest of the opening's and the :data:`PARTING` units' coefficients."""
+    idx = [list(ACTION_UNITS).index(n) for n in PARTING] + [units.shape[1] - 1]
+    return units[:, idx].float().amax(1)
+
 
 # Colours of the mouth's inside (RGB in [0, 1]: the cavity's dark top, the tongue's redder bottom,
 # the teeth) and the upper teeth's visible height (inter-ocular units).
@@ -75,6 +87,9 @@ def _all_moves() -> torch.Tensor:
     return torch.from_numpy(np.stack([unit_moves(u) for u in [*ACTION_UNITS.values(), MOUTH_OPEN]])).float()
 
 
+# dlib's lips: each one's inner edge (the closed mouth's seam, corner to corner) and its outer edge.
+_INNER_LOW_EDGE, _OUTER_LOW_EDGE = [60, 67, 66, 65, 64], [48, 59, 58, 57, 56, 55, 54]
+_INNER_UP_EDGE, _OUTER_UP_EDGE = [60, 61, 62, 63, 64], [48, 49, 50, 51, 52, 53, 54]
 # dlib's lip points: the upper lip's inner and outer edge, the lower lip's outer edge (centres).
 _INNER_UP, _OUTER_UP, _OUTER_LOW = [61, 62, 63], [50, 51, 52], [56, 57, 58]
 
@@ -147,9 +162,33 @@ class _Lens(NamedTuple):
     bottom: torch.Tensor
 
 
+def _edge(points: torch.Tensor, mid: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A lip edge (``points`` N x K x 2, corner to corner) in a mouth's frame: each point's place
+    across (N x K, in ``half`` widths from ``mid`` along ``ex``, made non-decreasing) and how far below
+    the corner line it lies (N x K, along ``ey``)."""
+    d = points - mid[:, None]
+    across = (d * ex[:, None]).sum(-1) / half[:, None]
+    return torch.cummax(across, 1).values, (d * ey[:, None]).sum(-1)
+
+
+def _interp(t: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation, batched and differentiable: ``values`` (N x K) given at the
+    non-decreasing places ``at`` (N x K), read at ``t`` (N x H x W), held constant beyond the ends."""
+    a0, a1 = at[:, None, None, :-1], at[:, None, None, 1:]
+    w = ((t[..., None] - a0) / (a1 - a0).clamp_min(1e-6)).clamp(0, 1)  # N x H x W x K-1
+    return values[:, None, None, 0] + (w * (values[:, 1:] - values[:, :-1])[:, None, None]).sum(-1)
+
+
 def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor) -> _Lens:
     """The lens between the lips that :func:`render` draws in, for the landmarks ``lm`` where the
-    warp put them and ``rest`` where they were (N x 68 x 2), at points (ux, uy) (H x W)."""
+    warp put them and ``rest`` where they were (N x 68 x 2), at points (ux, uy) (H x W).
+
+    The opening follows the lips: at each place across, its top is the warped upper lip's outer
+    edge plus the upper lip's own thickness there (the rest face's seam below its outer edge), its
+    height how much farther apart the two lips' outer edges are there than at rest (a jaw drop's
+    round opening, bared teeth's square one, a smile's crescent), each lip's edge read between its
+    points at their own places across (the rest face's in its own frame, so a widened mouth
+    compares the same stretch of lip)."""
     lm, rest = lm.float(), rest.float()
     c0, c1 = lm[:, 48], lm[:, 54]  # outer mouth corners
     mid = (c0 + c1) / 2
@@ -162,18 +201,28 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
     dx, dy = ux[None] - mid[:, 0, None, None], uy[None] - mid[:, 1, None, None]
     t = (dx * ex[:, 0, None, None] + dy * ex[:, 1, None, None]) / half[:, None, None]  # -1..1 across
     v = dx * ey[:, 0, None, None] + dy * ey[:, 1, None, None]  # below the corner line
+    # the rest face in its own frame
+    r0, r1 = rest[:, 48], rest[:, 54]
+    mid_r = (r0 + r1) / 2
+    ex_r = (r1 - r0) / (r1 - r0).norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    ey_r = torch.stack([-ex_r[:, 1], ex_r[:, 0]], -1)
+    half_r = (r1 - r0).norm(dim=-1).clamp_min(1e-6) / 2 * inset
+
+    def edge(points, of, frame):
+        return _interp(t, *_edge(of[:, points], *frame))
+
+    moved, still = (mid, ex, ey, half), (mid_r, ex_r, ey_r, half_r)
+    up_out = edge(_OUTER_UP_EDGE, lm, moved)
+    spread = (edge(_OUTER_LOW_EDGE, lm, moved) - up_out) - (edge(_OUTER_LOW_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still))
+    height = spread.clamp_min(0)
+    top = up_out + (edge(_INNER_UP_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still)).clamp_min(0)
 
     def below(points, of):  # how far below the corner line the centre of ``points`` of ``of`` lies
         return ((of[:, points].mean(1) - mid) * ey).sum(-1)[:, None, None]
 
-    thick_up = (below(_INNER_UP, rest) - below(_OUTER_UP, rest)).clamp_min(0)
-    up = below(_OUTER_UP, lm) + thick_up  # the upper lip's inner edge
-    spread = (below(_OUTER_LOW, lm) - below(_OUTER_UP, lm)) - (below(_OUTER_LOW, rest) - below(_OUTER_UP, rest))
-    gap = spread.clamp_min(0)
-    across2 = (1 - t.square()).clamp_min(0)
-    bell = _root(across2, 0.8)  # the upper lip's arch
-    height = gap * _root(across2, 0.5)  # the opening's height across: an ellipse's
-    top = up * bell
+    # the gap at the middle, for the teeth: how much farther apart the lips' outer centres are than at rest
+    gap = ((below(_OUTER_LOW, lm) - below(_OUTER_UP, lm)) - (below(_OUTER_LOW, rest) - below(_OUTER_UP, rest))).clamp_min(0)
+    bell = _root((1 - t.square()).clamp_min(0), 0.8)  # the upper teeth's arch
     return _Lens(t, v, mid, ex, ey, half, outer, gap, bell, height, top, top + height)
 
 
@@ -232,9 +281,6 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     return mask[:, None], colour.clamp(0, 1) * 2 - 1
 
 
-# dlib's lips: each one's inner edge (the closed mouth's seam, corner to corner) and its outer edge.
-_INNER_LOW_EDGE, _OUTER_LOW_EDGE = [60, 67, 66, 65, 64], [48, 59, 58, 57, 56, 55, 54]
-_INNER_UP_EDGE, _OUTER_UP_EDGE = [60, 61, 62, 63, 64], [48, 49, 50, 51, 52, 53, 54]
 
 
 def _along(a: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -139,12 +139,14 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         one = edit[i]
         t = np.asarray(face.transform, dtype=np.float64)
         x0, y0, x1, y1 = blend_region(face, W, H, feather)
-        mouth, lm, creasing = None, None, {}
+        mouth, lm, creasing, opens = None, None, {}, False
         if one.units is not None and x1 > x0 and y1 > y0:
             from affectedit.creases import crease_units
+            from affectedit.mouth import parting
 
             creasing = crease_units(one.units) if CREASES else {}
-            if float(one.units[0, -1]) > MIN_OPENING or creasing:
+            opens = float(parting(one.units)[0]) > MIN_OPENING  # the lips part: the mouth's inside is drawn
+            if opens or creasing:
                 from affectedit.photo_metrics import landmarks68
 
                 lm = landmarks68(out, face)
@@ -156,7 +158,7 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
         grid = torch.from_numpy(np.stack([2 * ux - 1, 2 * uy - 1], -1).astype(np.float32))[None]
         parts = one.images()
-        if lm is not None and float(one.units[0, -1]) > MIN_OPENING:
+        if lm is not None and opens:
             mouth = _face_mouth(out, face, one, lm)
             parts["flow"] = parts["flow"] + mouth[0]
         sampled = F.grid_sample(torch.cat(list(parts.values()), 1), grid, mode="bilinear", padding_mode="border",
