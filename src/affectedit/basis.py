@@ -201,11 +201,12 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
 # movement it responds to (it widened smiling eyes, wrinkled surprised noses and opened angry
 # mouths under raised lids, which people read as surprise).
 EXPRESSION_UNITS: dict[str, dict[str, float]] = {
-    # anger with bared, clenched teeth (4+5+7+10+16+25): the lips pressed (0.6) read as mild
-    # annoyance, and a dropped jaw (26; 0.7-0.9) as surprise, whose mouth is the same dark oval
-    # (docs/report/calibration); 0.8 of lip_bare parts the lips by about the teeth's height at strength 1.4
+    # anger's shout with bared teeth (4+5+7+10+16+25+26): the lips pressed (0.6) read as mild
+    # annoyance, and the jaw dropped alone (26; 0.5-0.8) as surprise, whose mouth is the same dark
+    # oval; the bared lips (lip_bare) square the opening and show the lower teeth as well
+    # (docs/report/calibration)
     "angry": {"brow_lower": 1.5, "upper_lid_raise": 0.4, "lower_lid_raise": 1.0, "nose_wrinkle": 1.0,
-              "lip_bare": 0.8},
+              "lip_bare": 0.8, "open": 0.5},
     "disgust": {"brow_lower": 0.5, "lower_lid_raise": 0.5, "nose_wrinkle": 1.2, "lip_corner_depress": 0.8,
                 "chin_raise": 0.5},
     "fear": {"inner_brow_raise": 1.0, "outer_brow_raise": 0.7, "brow_lower": 0.5, "upper_lid_raise": 0.6, "open": 0.4},

@@ -85,7 +85,7 @@ class LossConfig:
     target_identity: float = 0.0  # identity loss between x and its edit x(y_t)
     units_prior: float = 0.0  # model.motion="units": squared distance of the units from the EMFACS mix the target asks for (basis.EXPRESSION_UNITS)
     units_prior_tau: float = 0.03  # width of that mix's soft class weights (as expression_tau)
-    units_prior_open: float = 1.0  # the weight of the mouth's opening in that distance (the other units: 1)
+    units_prior_open: float = 1.0  # the weight of the lips' parting (the opening, mouth.PARTING's bared lips) in that distance (the other units: 1)
     units_prior_smile: float = 1.0  # the weight of the lip corner puller (AU 12) in that distance
     units_prior_calm: bool = False  # the prior also has relaxed (calm) and drowsy (tired) faces at those labels (basis.LOW_AROUSAL)
     label: float = 0.0        # warp head: squared error of E's read-out of the face's own label

@@ -27,7 +27,7 @@ import torch
 
 from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "PARTING", "parting", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "PARTING", "bared", "parting", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -226,15 +226,28 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
     return _Lens(t, v, mid, ex, ey, half, outer, gap, bell, height, top, top + height)
 
 
+def bared(units: torch.Tensor | None, n: int) -> torch.Tensor:
+    """N: how far (inter-ocular units) the :data:`PARTING` units among ``units`` (N x (U + 1)) pull
+    the lips off the teeth, at the lips' middle (0 without ``units``)."""
+    if units is None:
+        return torch.zeros(n)
+    moves = _all_moves()
+    idx = [list(ACTION_UNITS).index(name) for name in PARTING]
+    span = (moves[idx, 57, 1] - moves[idx, 51, 1]).to(units.device)  # each unit's parting at coefficient 1
+    return (units[:, idx].float().clamp_min(0) * span).sum(1)
+
+
 def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
-           min_line: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+           min_line: float = 0.0, units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
     where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
     (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
     coordinates (about half a pixel of the output); ``outline``: how many times softer the lips' edge
     over the dark inside is; ``min_line``: the gaps between teeth are no thinner than this many
-    ``soft`` (no aliasing on small faces). The defaults are G's drawing in training; an edited photo
-    uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
+    ``soft`` (no aliasing on small faces); ``units``: the coefficients (N x (U + 1)) that moved the
+    lips, when known: the lips that :data:`PARTING` units pull back (bared teeth) uncover the teeth
+    whatever the jaw does, so that part of the gap never sinks the lower teeth. The defaults are G's
+    drawing in training; an edited photo uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
 
     Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
     inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
@@ -242,7 +255,8 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch.
     A gap up to :data:`UPPER_TEETH` + :data:`LOWER_TEETH` (the bite closed: a grin, bared teeth) is
     teeth from lip to lip, split between the rows in that proportion with a faint shadow where they
-    meet; as the jaw drops further the lower teeth sink behind the lower lip and the dark mouth shows."""
+    meet; as the jaw drops further the lower teeth sink behind the lower lip and the dark mouth shows
+    (bared lips keep them uncovered: an angry shout shows both rows of teeth, a surprised one the upper)."""
     g = _lens(ux, uy, lm, rest)
     t, v, half, gap, bell, height, top, bottom = g.t, g.v, g.half, g.gap, g.bell, g.height, g.top, g.bottom
     lm = lm.float()
@@ -261,7 +275,9 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     tc = t.clamp(-1, 1)
     bite = (UPPER_TEETH + LOWER_TEETH) * scale  # a gap up to this is all teeth: the bite is closed
     # the jaw drops beyond the bite: the lower teeth sink behind the lower lip over LOWER_TEETH more
-    lower_vis = LOWER_TEETH * scale * bell * (1 - ((gap - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
+    # (the share of the gap that bared lips make leaves them uncovered)
+    jaw = (gap - bared(units, len(lm)).to(lm.device)[:, None, None] * scale).clamp_min(0)
+    lower_vis = LOWER_TEETH * scale * bell * (1 - ((jaw - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
     share = UPPER_TEETH / (UPPER_TEETH + LOWER_TEETH)
     teeth_h = torch.minimum(UPPER_TEETH * scale * bell, share * height)  # where the upper teeth end
     lower_h = torch.minimum(lower_vis, height - teeth_h)

@@ -328,7 +328,7 @@ class WarpGenerator(Generator):
             units = gate.flatten(0).float()[:, None] * beta.float()
             rest = self.rest_landmarks.float().expand(units.shape[0], 68, 2)  # shape[0], not len(): a dynamic batch in ONNX
             if self.training:  # drawn here for the losses; an edit draws it where it is applied (warp.CropEdit)
-                a, c = render(self.pixel_grid[0], self.pixel_grid[1], warped_landmarks(rest, flow, units), 0.5 / size[-1], rest)
+                a, c = render(self.pixel_grid[0], self.pixel_grid[1], warped_landmarks(rest, flow, units), 0.5 / size[-1], rest, units=units)
             else:
                 a, c = torch.zeros_like(h[:, :1]), torch.zeros_like(h[:, 3:])
             opening = units[:, -1, None, None, None] * self.motion_basis[-1].float()

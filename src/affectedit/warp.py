@@ -114,7 +114,7 @@ def compose(x: torch.Tensor, edit) -> torch.Tensor:
         uy, ux = torch.meshgrid(piy, pix, indexing="ij")
         rest = edit.landmarks.float().cpu()
         moved = warped_landmarks(rest, edit.flow.float().cpu(), edit.units.float().cpu())
-        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, rest))
+        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, rest, units=edit.units.float().cpu()))
     if "mask" in f:
         out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
     if "delta" in f:
@@ -176,7 +176,7 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         if "delta" in f:
             edited = edited + f["delta"] * 127.5
         if mouth is not None:
-            edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]))
+            edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]), one.units.float())
         blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
         creases = None
         if creasing:
@@ -391,19 +391,20 @@ CARRY_SMOOTH = 1.0
 
 
 def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, t: np.ndarray, ux, uy,
-                eyes: float | None = None) -> torch.Tensor:
+                eyes: float | None = None, units: torch.Tensor | None = None) -> torch.Tensor:
     """``edited`` (3 x h x w, 0-255) with the mouth's inside drawn at the photo's pixels (unit crop
     coordinates ux, uy), its brightness matched to the photo's light (``eyes``: the eye whites'
     brightness, :data:`TEETH_OVER_EYES`; without it, the skin around the mouth) and the photo's grain
     added (the same noise every time), so the new pixels are neither brighter nor smoother than the
-    photo. Only the window around the moved lips is computed."""
+    photo. ``units``: the face's coefficients (1 x (U + 1)), for the bared teeth (``mouth.render``).
+    Only the window around the moved lips is computed."""
     from affectedit.mouth import MIN_LINE, OUTLINE_SOFT, TEETH, render
 
     win = _lip_window(moved, rest, ux, uy)
     if win is None:
         return edited
     pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
-    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest, OUTLINE_SOFT, MIN_LINE)
+    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest, OUTLINE_SOFT, MIN_LINE, units)
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     undrawn = mask[0] < 0.01  # the window's pixels the drawing leaves: lips and skin
