@@ -147,5 +147,5 @@ def test_configs_stored_before_the_new_keys_load_as_they_were_trained():
     # the warp preset's model with the five documented changes (MODEL_CARD.md, "Training")
     assert cfg.model == dataclasses.replace(get_config("warp").model, motion="units", mouth="open", appearance_range=0.25,
                                             appearance_mouth=False, gate_from=0.2)
-    assert cfg.loss.units_prior == 8 and cfg.loss.units_prior_open == 15  # 0.9's open-anger run (5 before)
+    assert cfg.loss.units_prior == 8 and cfg.loss.units_prior_open == 15  # 0.9's and 0.10's runs (5 before)
     assert cfg.loss.units_prior_tau == 0.01 and cfg.loss.units_prior_calm is True

@@ -129,6 +129,27 @@ def test_bared_teeth_open_square_and_all_teeth_where_a_dropped_jaw_opens_an_oval
     assert drop_side < 0.75 * drop_mid and drop_side / drop_mid < bare_side / bare_mid - 0.1, (drop_mid, drop_side, bare_mid, bare_side)
 
 
+def test_bared_lips_keep_the_lower_teeth_uncovered_when_the_jaw_drops(portrait):
+    """A shout with bared lips (the opening and lip_bare) shows both rows of teeth around the dark
+    mouth; the same gap from a jaw drop alone (a surprised mouth) sinks the lower teeth."""
+    _, _, _, unit = portrait
+    ux, uy = _grid(256)
+
+    def column(opening, **units):  # the drawn colour's brightness down the middle of the opening
+        lm = _moved(unit, opening, **units)
+        mask, colour = render(ux, uy, lm, 0.5 / 256, unit[None], units=_units(opening, **units))
+        x = int(((lm[0, 62, 0] + lm[0, 66, 0]) / 2 * 256).round())
+        rows = (mask[0, 0, :, x] > 0.3).nonzero()[:, 0]
+        return colour[0, :, rows, x].mean(0)
+
+    shout = column(0.7, lip_bare=1.1)
+    n = len(shout)
+    assert shout[:n // 6].mean() > 0.2 and shout[-max(1, n // 8):].mean() > 0.2  # upper and lower teeth
+    assert shout[2 * n // 5:3 * n // 5].mean() < -0.3  # the dark mouth between them
+    drop = column(1.1)
+    assert drop[-max(1, len(drop) // 8):].mean() < -0.3  # no lower teeth
+
+
 def test_photo_draws_bared_teeth_without_the_opening(portrait):
     """lip_bare alone (the opening's coefficient 0) still draws the mouth's inside on a photo: bright
     teeth between the parted lips where the photo shows the closed mouth's seam."""

@@ -179,6 +179,11 @@ def _interp(t: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Te
     return values[:, None, None, 0] + (w * (values[:, 1:] - values[:, :-1])[:, None, None]).sum(-1)
 
 
+# The lips' edges are tabled at this many places across the mouth, from -_REACH to _REACH half
+# widths of the opening (the outer corners lie within 2: the inset is at least 0.5).
+_PLACES, _REACH = 257, 2.0
+
+
 def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor) -> _Lens:
     """The lens between the lips that :func:`render` draws in, for the landmarks ``lm`` where the
     warp put them and ``rest`` where they were (N x 68 x 2), at points (ux, uy) (H x W).
@@ -208,14 +213,19 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
     ey_r = torch.stack([-ex_r[:, 1], ex_r[:, 0]], -1)
     half_r = (r1 - r0).norm(dim=-1).clamp_min(1e-6) / 2 * inset
 
+    # the lips' edges are tabled at _PLACES places across, then read at every pixel in one lookup
+    places = torch.linspace(-_REACH, _REACH, _PLACES, device=lm.device).expand(len(lm), 1, -1)  # N x 1 x P
+
     def edge(points, of, frame):
-        return _interp(t, *_edge(of[:, points], *frame))
+        return _interp(places, *_edge(of[:, points], *frame))  # N x 1 x P
 
     moved, still = (mid, ex, ey, half), (mid_r, ex_r, ey_r, half_r)
     up_out = edge(_OUTER_UP_EDGE, lm, moved)
     spread = (edge(_OUTER_LOW_EDGE, lm, moved) - up_out) - (edge(_OUTER_LOW_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still))
-    height = spread.clamp_min(0)
-    top = up_out + (edge(_INNER_UP_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still)).clamp_min(0)
+    table = torch.stack([up_out + (edge(_INNER_UP_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still)).clamp_min(0),
+                         spread.clamp_min(0)], 1)  # N x 2 x 1 x P: the opening's top and height across
+    at = torch.stack([t / _REACH, torch.zeros_like(t)], -1)  # N x H x W x 2
+    top, height = torch.nn.functional.grid_sample(table, at, mode="bilinear", padding_mode="border", align_corners=True).unbind(1)
 
     def below(points, of):  # how far below the corner line the centre of ``points`` of ``of`` lies
         return ((of[:, points].mean(1) - mid) * ey).sum(-1)[:, None, None]
