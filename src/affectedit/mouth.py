@@ -168,12 +168,15 @@ def _edge(points: torch.Tensor, mid: torch.Tensor, ex: torch.Tensor, ey: torch.T
     the corner line it lies (N x K, along ``ey``)."""
     d = points - mid[:, None]
     across = (d * ex[:, None]).sum(-1) / half[:, None]
-    return torch.cummax(across, 1).values, (d * ey[:, None]).sum(-1)
+    running = [across[:, 0]]
+    for k in range(1, across.shape[1]):  # a running maximum (torch.cummax has no ONNX export)
+        running.append(torch.maximum(running[-1], across[:, k]))
+    return torch.stack(running, 1), (d * ey[:, None]).sum(-1)
 
 
 def _interp(t: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear interpolation, batched and differentiable: ``values`` (N x K) given at the
-    non-decreasing places ``at`` (N x K), read at ``t`` (N x H x W), held constant beyond the ends."""
+    non-decreasing places ``at`` (N x K), read at ``t`` (N x H x W, or any shape that broadcasts to it), held constant beyond the ends."""
     a0, a1 = at[:, None, None, :-1], at[:, None, None, 1:]
     w = ((t[..., None] - a0) / (a1 - a0).clamp_min(1e-6)).clamp(0, 1)  # N x H x W x K-1
     return values[:, None, None, 0] + (w * (values[:, 1:] - values[:, :-1])[:, None, None]).sum(-1)
@@ -214,7 +217,7 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
     half_r = (r1 - r0).norm(dim=-1).clamp_min(1e-6) / 2 * inset
 
     # the lips' edges are tabled at _PLACES places across, then read at every pixel in one lookup
-    places = torch.linspace(-_REACH, _REACH, _PLACES, device=lm.device).expand(len(lm), 1, -1)  # N x 1 x P
+    places = torch.linspace(-_REACH, _REACH, _PLACES, device=lm.device)[None, None]  # 1 x 1 x P (broadcast: a dynamic batch in ONNX)
 
     def edge(points, of, frame):
         return _interp(places, *_edge(of[:, points], *frame))  # N x 1 x P
