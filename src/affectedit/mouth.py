@@ -27,7 +27,7 @@ import torch
 
 from affectedit.basis import ACTION_UNITS, eye_distance, rbf_flow, unit_moves
 
-__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "PARTING", "bared", "parting", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
+__all__ = ["MOUTH_OPEN", "OPEN_RANGE", "PARTING", "PARTING_INDEX", "bared", "parting", "appearance_keep", "flow_for", "carry_lips", "moved_landmarks", "render", "warped_landmarks"]
 
 # Moves of dlib's 68 points for a clear opening (coefficient 1, G's most: OPEN_RANGE; the edit
 # strength may scale it further), in inter-ocular distances, image-left and midline points (the rest mirrored):
@@ -46,13 +46,13 @@ OPEN_RANGE = 1.0
 # The action units besides the opening that part the lips (``basis.ACTION_UNITS``): where one of
 # them or the opening acts, an edited photo draws the mouth's inside (``warp.apply_to_photo``).
 PARTING = ("lip_bare",)
+PARTING_INDEX = [list(ACTION_UNITS).index(n) for n in PARTING]  # their places among the units
 
 
 def parting(units: torch.Tensor) -> torch.Tensor:
     """N: how far the coefficients ``units`` (N x (U + 1), the opening last) part the lips, as the
     largest of the opening's and the :data:`PARTING` units' coefficients."""
-    idx = [list(ACTION_UNITS).index(n) for n in PARTING] + [units.shape[1] - 1]
-    return units[:, idx].float().amax(1)
+    return units[:, PARTING_INDEX + [units.shape[1] - 1]].float().amax(1)
 
 
 # Colours of the mouth's inside (RGB in [0, 1]: the cavity's dark top, the tongue's redder bottom,
@@ -145,7 +145,7 @@ class _Lens(NamedTuple):
     """The opening's geometry at points (ux, uy) (N x H x W each, except as noted): ``t`` across
     (-1..1 between the inner corners), ``v`` below the line through the moved outer corners, the
     frame (``mid``, ``ex``, ``ey`` N x 2; ``half``, ``outer`` N: the opening's and the outer
-    corners' half width), the gap's height at the middle ``gap`` (N x 1 x 1), the upper lip's arch
+    corners' half width), the gap's height at the middle ``gap`` (N x 1 x 1), the upper teeth's arch
     ``bell``, the opening's ``height`` across, and its ``top`` and ``bottom`` edges in ``v``."""
 
     t: torch.Tensor
@@ -239,15 +239,12 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
     return _Lens(t, v, mid, ex, ey, half, outer, gap, bell, height, top, top + height)
 
 
-def bared(units: torch.Tensor | None, n: int) -> torch.Tensor:
+def bared(units: torch.Tensor) -> torch.Tensor:
     """N: how far (inter-ocular units) the :data:`PARTING` units among ``units`` (N x (U + 1)) pull
-    the lips off the teeth, at the lips' middle (0 without ``units``)."""
-    if units is None:
-        return torch.zeros(n)
+    the lips off the teeth, at the lips' middle."""
     moves = _all_moves()
-    idx = [list(ACTION_UNITS).index(name) for name in PARTING]
-    span = (moves[idx, 57, 1] - moves[idx, 51, 1]).to(units.device)  # each unit's parting at coefficient 1
-    return (units[:, idx].float().clamp_min(0) * span).sum(1)
+    span = (moves[PARTING_INDEX, 57, 1] - moves[PARTING_INDEX, 51, 1]).to(units.device)  # each unit's parting at coefficient 1
+    return (units[:, PARTING_INDEX].float().clamp_min(0) * span).sum(1)
 
 
 def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
@@ -264,8 +261,8 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
 
     Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
     inner ones sit on the closed mouth's seam, which the parted gap reads from). The lips keep their
-    own thickness; the gap is how much farther apart the two lips' outer centres are than at rest,
-    between the outer corners inset as the inner corners were, as an ellipse under the upper lip's arch.
+    own thickness; at each place across, between the outer corners inset as the inner corners were,
+    the gap is how much farther apart the two lips' outer edges are there than at rest (``_lens``).
     A gap up to :data:`UPPER_TEETH` + :data:`LOWER_TEETH` (the bite closed: a grin, bared teeth) is
     teeth from lip to lip, split between the rows in that proportion with a faint shadow where they
     meet; as the jaw drops further the lower teeth sink behind the lower lip and the dark mouth shows
@@ -289,7 +286,7 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     bite = (UPPER_TEETH + LOWER_TEETH) * scale  # a gap up to this is all teeth: the bite is closed
     # the jaw drops beyond the bite: the lower teeth sink behind the lower lip over LOWER_TEETH more
     # (the share of the gap that bared lips make leaves them uncovered)
-    jaw = (gap - bared(units, len(lm)).to(lm.device)[:, None, None] * scale).clamp_min(0)
+    jaw = gap if units is None else (gap - bared(units).to(lm.device)[:, None, None] * scale).clamp_min(0)
     lower_vis = LOWER_TEETH * scale * bell * (1 - ((jaw - bite) / (LOWER_TEETH * scale)).clamp(0, 1))
     share = UPPER_TEETH / (UPPER_TEETH + LOWER_TEETH)
     teeth_h = torch.minimum(UPPER_TEETH * scale * bell, share * height)  # where the upper teeth end
@@ -308,8 +305,6 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     teeth = torch.tensor(TEETH, device=lm.device)[None, :, None, None] * shade[:, None]
     colour = teeth_a[:, None] * teeth + (1 - teeth_a[:, None]) * cavity
     return mask[:, None], colour.clamp(0, 1) * 2 - 1
-
-
 
 
 def _along(a: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -328,10 +328,9 @@ def train(
 
         prototypes, fer_anchors = (t.to(device) for t in prior_prototypes(lc.units_prior_calm))
         unit_weights = torch.ones(prototypes.shape[1], device=device)
-        from affectedit.mouth import PARTING
+        from affectedit.mouth import PARTING_INDEX
 
-        unit_weights[-1] = lc.units_prior_open  # the lips' parting: the opening and the bared lips
-        unit_weights[[list(ACTION_UNITS).index(n) for n in PARTING]] = lc.units_prior_open
+        unit_weights[[*PARTING_INDEX, -1]] = lc.units_prior_open  # the lips' parting: the bared lips and the opening
         unit_weights[list(ACTION_UNITS).index("lip_corner_pull")] = lc.units_prior_smile
     expression_net = None
     if warp and lc.expression > 0:

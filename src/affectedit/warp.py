@@ -112,9 +112,9 @@ def compose(x: torch.Tensor, edit) -> torch.Tensor:
         pix = (torch.arange(w, dtype=torch.float32) + 0.5) / w
         piy = (torch.arange(h, dtype=torch.float32) + 0.5) / h
         uy, ux = torch.meshgrid(piy, pix, indexing="ij")
-        rest = edit.landmarks.float().cpu()
-        moved = warped_landmarks(rest, edit.flow.float().cpu(), edit.units.float().cpu())
-        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, rest, units=edit.units.float().cpu()))
+        rest, units = edit.landmarks.float().cpu(), edit.units.float().cpu()
+        moved = warped_landmarks(rest, edit.flow.float().cpu(), units)
+        f["mask"], f["colour"] = (t.to(x) for t in render(ux, uy, moved, 0.5 / w, rest, units=units))
     if "mask" in f:
         out = (1 - f["mask"]) * out + f["mask"] * f.get("colour", torch.zeros_like(out))
     if "delta" in f:
