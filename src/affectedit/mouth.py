@@ -161,6 +161,11 @@ class _Lens(NamedTuple):
     top: torch.Tensor
     bottom: torch.Tensor
 
+    def window(self, rows: slice, cols: slice) -> _Lens:
+        """The same lens at the points [rows, cols] of the H x W it was computed at (the same values:
+        a photo's edit computes it once for the window around the lips and reads its middle part)."""
+        return self._replace(**{k: getattr(self, k)[:, rows, cols] for k in ("t", "v", "bell", "height", "top", "bottom")})
+
 
 def _edge(points: torch.Tensor, mid: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor, half: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A lip edge (``points`` N x K x 2, corner to corner) in a mouth's frame: each point's place
@@ -248,7 +253,7 @@ def bared(units: torch.Tensor) -> torch.Tensor:
 
 
 def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, rest: torch.Tensor, outline: float = 1.0,
-           min_line: float = 0.0, units: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           min_line: float = 0.0, units: torch.Tensor | None = None, lens: _Lens | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The mouth's inside at points (ux, uy) (H x W, unit crop coordinates), for the landmarks ``lm``
     where the warp put them and ``rest`` where they were (N x 68 x 2, the same coordinates):
     (A N x 1 x H x W in [0, 1], C N x 3 x H x W in [-1, 1]). ``soft``: the edges' softness in those
@@ -256,7 +261,8 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     over the dark inside is; ``min_line``: the gaps between teeth are no thinner than this many
     ``soft`` (no aliasing on small faces); ``units``: the coefficients (N x (U + 1)) that moved the
     lips, when known: the lips that :data:`PARTING` units pull back (bared teeth) uncover the teeth
-    whatever the jaw does, so that part of the gap never sinks the lower teeth. The defaults are G's
+    whatever the jaw does, so that part of the gap never sinks the lower teeth; ``lens``: ``_lens(ux, uy,
+    lm, rest)`` when the caller has it already. The defaults are G's
     drawing in training; an edited photo uses :data:`OUTLINE_SOFT` and :data:`MIN_LINE` (``warp.apply_to_photo``).
 
     Only the outer lip points (48-59) are used: they are where the warp really put the lips (the
@@ -267,7 +273,7 @@ def render(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, soft: float, re
     teeth from lip to lip, split between the rows in that proportion with a faint shadow where they
     meet; as the jaw drops further the lower teeth sink behind the lower lip and the dark mouth shows
     (bared lips keep them uncovered: an angry shout shows both rows of teeth, a surprised one the upper)."""
-    g = _lens(ux, uy, lm, rest)
+    g = _lens(ux, uy, lm, rest) if lens is None else lens
     t, v, half, gap, bell, height, top, bottom = g.t, g.v, g.half, g.gap, g.bell, g.height, g.top, g.bottom
     lm = lm.float()
     scale = _eye_distance(lm)[:, None, None]
@@ -318,7 +324,8 @@ def _along(a: torch.Tensor, at: torch.Tensor, values: torch.Tensor) -> torch.Ten
     return torch.lerp(values[i - 1], values[i], w).reshape(*a.shape, values.shape[-1])
 
 
-def carry_lips(ux: torch.Tensor, uy: torch.Tensor, flow: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+def carry_lips(ux: torch.Tensor, uy: torch.Tensor, flow: torch.Tensor, lm: torch.Tensor, rest: torch.Tensor,
+               lens: _Lens | None = None) -> torch.Tensor:
     """``flow`` (2 x H x W, grid_sample units, backward: the output at (ux, uy) reads the input at
     (ux, uy) + flow / 2, unit crop coordinates) with both lips carried whole where the mouth opens.
 
@@ -333,8 +340,8 @@ def carry_lips(ux: torch.Tensor, uy: torch.Tensor, flow: torch.Tensor, lm: torch
     slides along the seam (it is drawn over), and beyond the lips the change fades out over one lip's
     height. Between the inner and the outer corners both bands narrow to the corner, where the lips
     meet; beyond the outer corners, and outside the mouth, ``flow`` is unchanged. For an edited photo
-    only (``warp.apply_to_photo``, one face)."""
-    g = _lens(ux, uy, lm[:1], rest[:1])
+    only (``warp.apply_to_photo``, one face; ``lens``: ``_lens(ux, uy, lm[:1], rest[:1])`` when the caller has it)."""
+    g = _lens(ux, uy, lm[:1], rest[:1]) if lens is None else lens
     lm, rest = lm[0].float(), rest[0].float()
     t, v, top, bottom = g.t[0], g.v[0], g.top[0], g.bottom[0]
     a = t * (g.half / g.outer)[0]  # across, the outer corners at -1 and 1

@@ -166,8 +166,9 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         f, k = {}, 0
         for name, field in parts.items():  # split the sampled channels back into the fields
             f[name], k = sampled[k:k + field.shape[1]], k + field.shape[1]
+        lips = None
         if mouth is not None:
-            f["flow"] = _carry_lips(f["flow"], mouth[1], mouth[2], ux, uy)
+            f["flow"], lips = _carry_lips(f["flow"], mouth[1], mouth[2], ux, uy)
         region = torch.from_numpy(out[y0:y1, x0:x1]).permute(2, 0, 1).float()
         edited = _displaced(out, f["flow"], t, px, py) if "flow" in f and f["flow"].any() else region
         if "mask" in f:
@@ -176,7 +177,7 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
         if "delta" in f:
             edited = edited + f["delta"] * 127.5
         if mouth is not None:
-            edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]), one.units.float())
+            edited = _draw_mouth(edited, region, mouth[1], mouth[2], t, ux, uy, _eye_whites(out, mouth[3]), one.units.float(), lips)
         blended = region * (1 - alpha) + edited.clamp(0, 255) * alpha
         creases = None
         if creasing:
@@ -360,27 +361,30 @@ def _lip_window(moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _carry_lips(flow: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.ndarray) -> torch.Tensor:
-    """``flow`` (2 x h x w, sampled at the region's pixels) with the lips carried whole
+def _carry_lips(flow: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, ux: np.ndarray, uy: np.ndarray):
+    """(``flow`` (2 x h x w, sampled at the region's pixels) with the lips carried whole
     (``mouth.carry_lips``) in the window around them, which reaches the moved lips' whole height
     above and below them (the carrying fades out within one lip's band of them; a window of 1.3
-    rest lip heights cut that fade short where a strong smile widened a band)."""
-    from affectedit.mouth import carry_lips
+    rest lip heights cut that fade short where a strong smile widened a band); that window and the
+    opening's geometry there (``mouth._lens``), which ``_draw_mouth`` reads again, or None)."""
+    from affectedit.mouth import _lens, carry_lips
 
     lip = float((moved[0, 57] - moved[0, 51]).norm())  # both lips and the opening: no lip's band (nor its fade) is taller
     win = _lip_window(moved, rest, ux, uy, reach=lip)
     if win is None:
-        return flow
+        return flow, None
     out = flow.clone()
     inside = flow[:, win[0], win[1]]
-    change = carry_lips(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), inside, moved, rest) - inside
+    wx, wy = torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float()
+    lens = _lens(wx, wy, moved, rest)
+    change = carry_lips(wx, wy, inside, moved, rest, lens) - inside
     if CARRY_SMOOTH > 0:  # the lips' bands meet at kinks, which the detail read at the nearest pixel turns into steps
         import cv2
 
         change = torch.from_numpy(cv2.GaussianBlur(change.permute(1, 2, 0).contiguous().numpy(), (0, 0), CARRY_SMOOTH,
                                                    borderType=cv2.BORDER_REPLICATE)).permute(2, 0, 1)
     out[:, win[0], win[1]] = inside + change
-    return out
+    return out, (win, lens)
 
 
 # The lips' carrying (``_carry_lips``) is smoothed by a Gaussian of this many photo pixels (chosen on
@@ -391,20 +395,27 @@ CARRY_SMOOTH = 1.0
 
 
 def _draw_mouth(edited: torch.Tensor, region: torch.Tensor, moved: torch.Tensor, rest: torch.Tensor, t: np.ndarray, ux, uy,
-                eyes: float | None = None, units: torch.Tensor | None = None) -> torch.Tensor:
+                eyes: float | None = None, units: torch.Tensor | None = None, lips=None) -> torch.Tensor:
     """``edited`` (3 x h x w, 0-255) with the mouth's inside drawn at the photo's pixels (unit crop
     coordinates ux, uy), its brightness matched to the photo's light (``eyes``: the eye whites'
     brightness, :data:`TEETH_OVER_EYES`; without it, the skin around the mouth) and the photo's grain
     added (the same noise every time), so the new pixels are neither brighter nor smoother than the
-    photo. ``units``: the face's coefficients (1 x (U + 1)), for the bared teeth (``mouth.render``).
-    Only the window around the moved lips is computed."""
+    photo. ``units``: the face's coefficients (1 x (U + 1)), for the bared teeth (``mouth.render``);
+    ``lips``: ``_carry_lips``' window and lens (a larger window than this one, holding it), read
+    instead of computing the lens again. Only the window around the moved lips is computed."""
     from affectedit.mouth import MIN_LINE, OUTLINE_SOFT, TEETH, render
 
     win = _lip_window(moved, rest, ux, uy)
     if win is None:
         return edited
     pixel = float(np.sqrt(abs(np.linalg.det(t[:, :2]))))  # one photo pixel in unit crop coordinates
-    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest, OUTLINE_SOFT, MIN_LINE, units)
+    lens = None
+    if lips is not None:  # the carried lips' window holds this one (it reaches farther up and down)
+        (rows, cols), whole = lips
+        lens = whole.window(slice(win[0].start - rows.start, win[0].stop - rows.start),
+                            slice(win[1].start - cols.start, win[1].stop - cols.start))
+    mask, colour = render(torch.from_numpy(ux[win]).float(), torch.from_numpy(uy[win]).float(), moved, MOUTH_SOFT * pixel, rest,
+                          OUTLINE_SOFT, MIN_LINE, units, lens)
     mask, colour = mask[0], (colour[0] + 1) * 127.5
     grey = (region[:, win[0], win[1]] * torch.tensor(LUMA).view(3, 1, 1)).sum(0)
     undrawn = mask[0] < 0.01  # the window's pixels the drawing leaves: lips and skin
