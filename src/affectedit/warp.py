@@ -130,7 +130,9 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
     ellipse is 0 are byte-identical to the photo, and so is every pixel when the edit is zero.
     Faces are applied in order, each to the photo as the previous ones left it. Returns a new RGB
     image (the photo is not modified)."""
-    out = np.array(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8, copy=True)
+    if isinstance(photo, Image.Image) and photo.mode != "RGB":
+        photo = photo.convert("RGB")
+    out = np.array(photo, dtype=np.uint8, copy=True)
     H, W = out.shape[:2]
     if edit.present() and len(faces) != len(edit):
         raise ValueError(f"{len(faces)} faces but {len(edit)} edits")
@@ -152,7 +154,7 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
                 lm = landmarks68(out, face)
         if x1 <= x0 or y1 <= y0:
             continue
-        px, py = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))
+        px, py = np.arange(x0, x1, dtype=np.float64)[None], np.arange(y0, y1, dtype=np.float64)[:, None]  # a row, a column
         ux = t[0, 0] * px + t[0, 1] * py + t[0, 2]  # unit crop coordinates of the region's pixels
         uy = t[1, 0] * px + t[1, 1] * py + t[1, 2]
         alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
@@ -186,19 +188,31 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
             if creases is not None and creases[1] is not None:  # the part on the region
                 blended[:, creases[1][1][0], creases[1][1][1]] *= creases[0][creases[1][0]]
         out[y0:y1, x0:x1] = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        if creases is not None and not (x0 <= box[0] and y0 <= box[1] and box[2] <= x1 and box[3] <= y1):
-            shade, overlap = creases  # the part beyond the region (the forehead above the ellipse), where nothing moves
-            if overlap is not None:
-                shade[overlap[0]] = 1.0
-            part = out[box[1]:box[3], box[0]:box[2]]
-            part[:] = np.clip(np.round(part * shade.numpy()[..., None]), 0, 255).astype(np.uint8)
+        if creases is not None:  # the part beyond the region (the forehead above the ellipse), where nothing moves
+            shade = creases[0].numpy()
+            for ry, rx in _beyond(box, (x0, y0, x1, y1)):
+                part = out[ry, rx]
+                part[:] = np.clip(np.round(part * shade[ry.start - box[1]:ry.stop - box[1], rx.start - box[0]:rx.stop - box[0], None]),
+                                  0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")
+
+
+def _beyond(box: tuple[int, int, int, int], region: tuple[int, int, int, int]) -> list[tuple[slice, slice]]:
+    """The photo pixels of ``box`` outside ``region`` (both x0, y0, x1, y1), as up to four (rows,
+    columns) rectangles: the rows above and below the region, and beside it."""
+    bx0, by0, bx1, by1 = box
+    ox0, oy0, ox1, oy1 = max(bx0, region[0]), max(by0, region[1]), min(bx1, region[2]), min(by1, region[3])
+    if ox1 <= ox0 or oy1 <= oy0:  # apart
+        return [(slice(by0, by1), slice(bx0, bx1))]
+    parts = [(slice(by0, oy0), slice(bx0, bx1)), (slice(oy1, by1), slice(bx0, bx1)),
+             (slice(oy0, oy1), slice(bx0, ox0)), (slice(oy0, oy1), slice(ox1, bx1))]
+    return [(r, c) for r, c in parts if r.stop > r.start and c.stop > c.start]
 
 
 def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndarray, py: np.ndarray) -> torch.Tensor:
     """The photo (H x W x 3 uint8) sampled at (px, py) + d (its smooth band bicubically, its fine
-    detail at the nearest pixel), d the crop flow (2 x h x w,
-    grid_sample units) in photo pixels: half the flow is a step in unit crop coordinates, which the
+    detail at the nearest pixel; px a row, py a column of pixel coordinates, or both h x w), d the
+    crop flow (2 x h x w, grid_sample units) in photo pixels: half the flow is a step in unit crop coordinates, which the
     inverse of the transform's linear part turns into photo pixels. Returns 3 x h x w float32."""
     inv = torch.from_numpy(np.linalg.inv(t[:, :2]).astype(np.float32))
     d = torch.einsum("ij,jhw->ihw", inv, flow * 0.5)
@@ -303,7 +317,7 @@ def _crease_shade(box: tuple[int, int, int, int], region: tuple[int, int, int, i
 
     bx0, by0, bx1, by1 = box
     x0, y0, x1, y1 = region
-    px, py = np.meshgrid(np.arange(bx0, bx1, dtype=np.float64), np.arange(by0, by1, dtype=np.float64))
+    px, py = np.arange(bx0, bx1, dtype=np.float64)[None], np.arange(by0, by1, dtype=np.float64)[:, None]  # a row, a column
     rx = torch.from_numpy(t[0, 0] * px + t[0, 1] * py + t[0, 2]).float()
     ry = torch.from_numpy(t[1, 0] * px + t[1, 1] * py + t[1, 2]).float()
     ox0, oy0, ox1, oy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
