@@ -242,10 +242,15 @@ def _displaced(photo: np.ndarray, flow: torch.Tensor, t: np.ndarray, px: np.ndar
         return F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)[0].clamp_(0, 255)
     import cv2
 
-    low = torch.from_numpy(cv2.GaussianBlur(patch, (0, 0), DETAIL_SIGMA, borderType=cv2.BORDER_REPLICATE)).permute(2, 0, 1)[None]
-    out = F.grid_sample(low, grid, mode="bicubic", padding_mode="border", align_corners=False)
-    out += F.grid_sample(src - low, grid, mode="nearest", padding_mode="border", align_corners=False)
-    return out[0].clamp_(0, 255)
+    low = cv2.GaussianBlur(patch, (0, 0), DETAIL_SIGMA, borderType=cv2.BORDER_REPLICATE)
+    # the smooth band through cv2's bicubic remap (the same kernel, a = -0.75, and border; 2-4x faster
+    # than grid_sample's; it places the read to 1/32 pixel, which on a band blurred this much moves
+    # a value by well under a grey level)
+    out = torch.from_numpy(cv2.remap(low, (qx - sx0).numpy(), (qy - sy0).numpy(), cv2.INTER_CUBIC,
+                                     borderMode=cv2.BORDER_REPLICATE)).permute(2, 0, 1)
+    out += F.grid_sample(src - torch.from_numpy(low).permute(2, 0, 1)[None], grid, mode="nearest", padding_mode="border",
+                         align_corners=False)[0]
+    return out.clamp_(0, 255)
 
 
 # The photo's fine detail is the part above a Gaussian blur of this many pixels (``_displaced``); 0 reads
