@@ -228,9 +228,9 @@ def _lens(ux: torch.Tensor, uy: torch.Tensor, lm: torch.Tensor, rest: torch.Tens
         return _interp(places, *_edge(of[:, points], *frame))  # N x 1 x P
 
     moved, still = (mid, ex, ey, half), (mid_r, ex_r, ey_r, half_r)
-    up_out = edge(_OUTER_UP_EDGE, lm, moved)
-    spread = (edge(_OUTER_LOW_EDGE, lm, moved) - up_out) - (edge(_OUTER_LOW_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still))
-    table = torch.stack([up_out + (edge(_INNER_UP_EDGE, rest, still) - edge(_OUTER_UP_EDGE, rest, still)).clamp_min(0),
+    up_out, up_rest = edge(_OUTER_UP_EDGE, lm, moved), edge(_OUTER_UP_EDGE, rest, still)
+    spread = (edge(_OUTER_LOW_EDGE, lm, moved) - up_out) - (edge(_OUTER_LOW_EDGE, rest, still) - up_rest)
+    table = torch.stack([up_out + (edge(_INNER_UP_EDGE, rest, still) - up_rest).clamp_min(0),
                          spread.clamp_min(0)], 1)  # N x 2 x 1 x P: the opening's top and height across
     at = torch.stack([t / _REACH, torch.zeros_like(t)], -1)  # N x H x W x 2
     top, height = torch.nn.functional.grid_sample(table, at, mode="bilinear", padding_mode="border", align_corners=True).unbind(1)
