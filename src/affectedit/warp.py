@@ -154,9 +154,7 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
                 lm = landmarks68(out, face)
         if x1 <= x0 or y1 <= y0:
             continue
-        px, py = np.arange(x0, x1, dtype=np.float64)[None], np.arange(y0, y1, dtype=np.float64)[:, None]  # a row, a column
-        ux = t[0, 0] * px + t[0, 1] * py + t[0, 2]  # unit crop coordinates of the region's pixels
-        uy = t[1, 0] * px + t[1, 1] * py + t[1, 2]
+        px, py, ux, uy = _unit_grid(t, (x0, y0, x1, y1))  # unit crop coordinates of the region's pixels
         alpha = torch.from_numpy(ellipse_alpha(ux, uy, feather))
         grid = torch.from_numpy(np.stack([2 * ux - 1, 2 * uy - 1], -1).astype(np.float32))[None]
         parts = one.images()
@@ -195,6 +193,15 @@ def apply_to_photo(photo, faces, edit: CropEdit, feather: float = 0.2) -> Image.
                 part[:] = np.clip(np.round(part * shade[ry.start - box[1]:ry.stop - box[1], rx.start - box[0]:rx.stop - box[0], None]),
                                   0, 255).astype(np.uint8)
     return Image.fromarray(out, "RGB")
+
+
+def _unit_grid(t: np.ndarray, box: tuple[int, int, int, int]):
+    """(px, py, ux, uy): the photo pixels of ``box`` (x0, y0, x1, y1) as a row ``px`` and a column
+    ``py`` of their coordinates, and their unit crop coordinates under the transform ``t`` (2 x 3),
+    h x w each (float64)."""
+    x0, y0, x1, y1 = box
+    px, py = np.arange(x0, x1, dtype=np.float64)[None], np.arange(y0, y1, dtype=np.float64)[:, None]
+    return px, py, t[0, 0] * px + t[0, 1] * py + t[0, 2], t[1, 0] * px + t[1, 1] * py + t[1, 2]
 
 
 def _beyond(box: tuple[int, int, int, int], region: tuple[int, int, int, int]) -> list[tuple[slice, slice]]:
@@ -322,9 +329,7 @@ def _crease_shade(box: tuple[int, int, int, int], region: tuple[int, int, int, i
 
     bx0, by0, bx1, by1 = box
     x0, y0, x1, y1 = region
-    px, py = np.arange(bx0, bx1, dtype=np.float64)[None], np.arange(by0, by1, dtype=np.float64)[:, None]  # a row, a column
-    rx = torch.from_numpy(t[0, 0] * px + t[0, 1] * py + t[0, 2]).float()
-    ry = torch.from_numpy(t[1, 0] * px + t[1, 1] * py + t[1, 2]).float()
+    rx, ry = (torch.from_numpy(u).float() for u in _unit_grid(t, box)[2:])
     ox0, oy0, ox1, oy1 = max(bx0, x0), max(by0, y0), min(bx1, x1), min(by1, y1)
     overlap = None
     if ox1 > ox0 and oy1 > oy0:
