@@ -334,6 +334,29 @@ def test_warm_start_keeps_the_old_units_when_the_head_gains_the_opening(tmp_path
     assert not new.motion_basis.any()  # the fields are measured again, with the opening
 
 
+def test_warm_start_keeps_the_codes_unit_ranges(tmp_path):
+    """The units' negative ranges (basis.UNIT_NEGATIVE) are the code's after a warm start, whatever
+    the old weights stored, like the units' fields."""
+    from affectedit.basis import UNIT_NEGATIVE, UNIT_NEGATIVE_DEFAULT
+    from affectedit.checkpoint import save_weights, warm_start
+    from affectedit.config import get_config
+    from affectedit.networks import build_models
+
+    cfg = get_config("tiny", ["model.head=warp", "model.motion=units", "model.appearance=basis", "model.mouth=open"])
+    old = build_models(cfg.model)
+    with torch.no_grad():
+        old["generator"].motion_negative.fill_(0.9)
+        old["generator"].beta.weight.normal_()
+    save_weights(tmp_path / "old", {"encoder": old["encoder"], "generator": old["generator"]}, cfg.to_dict())
+    new = build_models(cfg.model)
+    copied = warm_start(new, tmp_path / "old")
+    old, new = old["generator"], new["generator"]
+    assert "generator.beta.weight" in copied and not any("motion_negative" in c for c in copied)
+    code = [UNIT_NEGATIVE.get(n, UNIT_NEGATIVE_DEFAULT) for n in ACTION_UNITS]
+    assert new.motion_negative.tolist() == pytest.approx(code)  # not the old weights' 0.9
+    assert torch.equal(new.beta.weight, old.beta.weight.half().float())
+
+
 def test_editor_opens_the_mouth_of_a_real_photo_end_to_end(portrait, tmp_path):
     """Editor.edit -> crop_edit -> CropEdit.from_fields -> apply_to_photo with a (tiny, untrained)
     mouth model whose opening is forced fully open: the photo comes back with a dark mouth; the

@@ -177,6 +177,9 @@ ACTION_UNITS: dict[str, dict[int, tuple[float, float]]] = {
     "lower_lid_raise": {40: (0.0, -0.03), 41: (0.0, -0.03)},                                       # AU 6/7
     "nose_wrinkle": {31: (0.0, -0.04), 32: (0.0, -0.04), 33: (0.0, -0.03), 50: (0.0, -0.025),
                      51: (0.0, -0.025), 61: (0.0, -0.02), 62: (0.0, -0.02)},                       # AU 9/10
+    # (raising the upper lip 1.8x as far here, as LFW's real smiles raise it, with a smaller jaw drop
+    # for happiness, made a closed-lipped smile that both classifiers read as happy less often: tried
+    # for 0.13 and not kept, docs/report/calibration "The lifted smile")
     "lip_corner_pull": {48: (-0.075, -0.09), 60: (-0.07, -0.08), 49: (-0.03, -0.05), 59: (-0.035, -0.04),
                         50: (-0.01, -0.025), 51: (0.0, -0.03), 58: (-0.012, -0.01), 61: (-0.02, -0.03),
                         62: (0.0, -0.035), 67: (-0.018, -0.02)},  # AU 12
@@ -256,6 +259,9 @@ def prior_prototypes(calm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
 # How far below 0 each unit's coefficient may go, as a share of UNIT_RANGE (the rest: 0.2, enough to
 # undo a face's own slight movement). A unit is a contraction: lids may droop, but no muscle pulls
 # the lower lid down or the inner brow below where brow_lower takes it.
+# (A third of it for the lip corner puller, to stop G dropping angry and surprised corners 2.6-3x
+# as far as LFW's real faces do, was tried for 0.13: the corners dropped 0.073 instead of 0.087 eye
+# distances against the real 0.033, and fer read anger less often; not kept, docs/report/calibration.)
 UNIT_NEGATIVE = {"upper_lid_raise": 0.67}
 UNIT_NEGATIVE_DEFAULT = 0.2
 

@@ -442,7 +442,9 @@ def _read_legacy(path: Path) -> dict[str, Any]:
 
 
 def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
-    """Copy every E/G tensor of a checkpoint (or exported weights) whose shape fits into `models`.
+    """Copy every E/G tensor of a checkpoint (or exported weights) whose shape fits into `models`,
+    except the action units' negative ranges, which stay as the code defines them (as the units'
+    fields, which training draws again).
 
     For the warp head, the pixel generator's RGB layer initialises the colour channels, so C
     starts as the paper's reconstruction. Returns the names of the tensors that were copied."""
@@ -452,6 +454,8 @@ def warm_start(models: dict, path: str | os.PathLike) -> list[str]:
         own = models[name].state_dict()
         for k, v in state["models"].get(name, {}).items():
             v = v.float()
+            if k.endswith("motion_negative"):  # the units' ranges are the code's (basis.UNIT_NEGATIVE), not the old model's
+                continue
             if k in own and own[k].shape == v.shape:
                 own[k].copy_(v)
                 copied.append(f"{name}.{k}")
