@@ -275,3 +275,30 @@ def test_cuda_matches_cpu(net):
     va.sum().backward()
     assert torch.isfinite(xc.grad).all() and xc.grad.abs().sum() > 0
     torch.testing.assert_close(va.detach().cpu(), ref, atol=1e-4, rtol=0)
+
+
+def test_expression_va_loss_asks_a_pleasant_calm_target_for_part_happy():
+    """The V/A term reads the label the way the labels are derived (probabilities times anchors):
+    for a pleasant, calm target (1, -1), nearest the neutral anchor, a face read as part happy
+    scores better than one read as wholly neutral, which the cross-entropy to the nearest anchors'
+    classes prefers; on an anchor, that class alone is best."""
+    from affectedit.expression import FER_ANCHORS, FER_CLASSES
+    from affectedit.losses import expression_loss, expression_va_loss, soft_expression_targets
+
+    anchors = torch.tensor(FER_ANCHORS, dtype=torch.float32)
+    neutral, happy = FER_CLASSES.index("neutral"), FER_CLASSES.index("happy")
+
+    def logits(mix: dict) -> torch.Tensor:  # class probabilities -> logits
+        p = torch.full((1, len(FER_CLASSES)), 1e-6)
+        for k, v in mix.items():
+            p[0, k] = v
+        return (p / p.sum()).log()
+
+    calm = torch.tensor([[1.0, -1.0]])
+    all_neutral, some_happy = logits({neutral: 1.0}), logits({neutral: 0.6, happy: 0.4})
+    assert expression_va_loss(some_happy, anchors, calm) < expression_va_loss(all_neutral, anchors, calm)
+    soft = soft_expression_targets(calm, anchors, 0.03)
+    assert expression_loss(all_neutral, soft) < expression_loss(some_happy, soft)  # what the V/A term corrects
+    on_happy = anchors[happy][None]
+    assert expression_va_loss(logits({happy: 1.0}), anchors, on_happy) < 1e-6
+    assert expression_va_loss(some_happy, anchors, on_happy) > 0.01

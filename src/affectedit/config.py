@@ -75,6 +75,7 @@ class LossConfig:
     # Warp head only (model.head="warp"); 0 switches a term off. The edited branch asks G for a
     # sampled target label y_t and is trained with the frozen FER-2013 expression model.
     expression: float = 0.0   # soft-label cross-entropy of the expression model on x(y_t) (StarGAN's L_cls, continuous)
+    expression_va: float = 0.0  # added to that cross-entropy: this times the squared distance of the V/A it reads from y_t
     expression_warmup: int = 0  # steps over which the expression weight ramps up from 0 (GANimation: masks saturate otherwise)
     expression_tau: float = 0.08  # width of the soft label: p_k ~ exp(-|y_t - anchor_k|^2 / tau)
     mask: float = 0.0         # mean of the mask A (keeps the change small where it is not needed)
@@ -167,6 +168,8 @@ class Config:
             raise ValueError(f"loss.identity_norm must be one of {', '.join(IDENTITY_NORMS)}, got {self.loss.identity_norm!r}")
         if not 0.0 <= self.loss.target_anchors <= 1.0 or not self.loss.rare_targets > 0:
             raise ValueError("loss.target_anchors must lie in [0, 1] and loss.rare_targets be > 0")
+        if self.loss.expression_va < 0:
+            raise ValueError(f"loss.expression_va must be >= 0, got {self.loss.expression_va}")
         if self.train.sampling not in SAMPLINGS:
             raise ValueError(f"train.sampling must be one of {', '.join(SAMPLINGS)}, got {self.train.sampling!r}")
         if self.train.sampling == "classes" and self.train.balance > 0:

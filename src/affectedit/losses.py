@@ -101,6 +101,16 @@ def expression_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return -(targets * torch.log_softmax(_f32(logits), dim=1)).sum(1)
 
 
+def expression_va_loss(logits: torch.Tensor, anchors: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per sample: the squared distance between the target label ``y`` (N x 2) and the (valence,
+    arousal) the expression model reads on the edited face, its class probabilities times the
+    classes' anchors (K x 2): the labels' own derivation (``data.labels.expected_va``). Unlike the
+    cross-entropy to the nearest anchors' classes, a target between or beyond the anchors asks for
+    the mix of classes that comes closest to it (a pleasant, calm target: part neutral, part happy)."""
+    va = torch.softmax(_f32(logits), dim=1) @ anchors.to(logits.device, torch.float32)
+    return (va - _f32(y)).pow(2).sum(1)
+
+
 def units_prior_loss(units: torch.Tensor, targets: torch.Tensor, prototypes: torch.Tensor,
                      weights: torch.Tensor | None = None) -> torch.Tensor:
     """Per sample: the mean squared difference between G's action-unit coefficients (N x U) and the

@@ -42,6 +42,7 @@ from affectedit.losses import (
     d_z_loss,
     e_z_loss,
     expression_loss,
+    expression_va_loss,
     g_img_loss,
     identity_loss,
     reconstruction_loss,
@@ -452,7 +453,11 @@ def train(
                     loss_tid = identity_loss(feats_real, identity_net.features(x_t[:id_hi]), lc.identity_norm).sum() * world / k_id
                 if expression_net is not None:
                     soft = soft_expression_targets(y_t, expression_net.anchors, lc.expression_tau)
-                    loss_expr = expression_loss(expression_net(_jitter(x_t, gen)), soft).sum() * world / B
+                    logits_t = expression_net(_jitter(x_t, gen))
+                    loss_expr = expression_loss(logits_t, soft)
+                    if lc.expression_va > 0:
+                        loss_expr = loss_expr + lc.expression_va * expression_va_loss(logits_t, expression_net.anchors, y_t)
+                    loss_expr = loss_expr.sum() * world / B
                 mask, flow = torch.cat([fields_rec.mask, fields_t.mask]), torch.cat([fields_rec.flow, fields_t.flow])
                 loss_reg = (lc.mask * mask.float().flatten(1).mean(1) + lc.mask_tv * total_variation(mask)
                             + lc.flow_tv * total_variation(flow) * (mc.image_size / 2)
